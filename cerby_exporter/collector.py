@@ -1,0 +1,431 @@
+"""From cached jobs to an exposition: the metric contract lives here.
+
+`Collector.scrape()` refreshes what is due, within the scrape's deadline, then writes::
+
+    # HELP cerby_job_status Status of the job, 1 for the current one. Job data is cached ...
+    # TYPE cerby_job_status gauge
+    cerby_job_status{job_id="2f0c…",workflow_type="setup_mfa",provider="x",status="created"} 0
+    ...
+    cerby_job_status{job_id="2f0c…",workflow_type="setup_mfa",provider="x",status="error"} 1
+    cerby_job_can_retry{job_id="2f0c…",workflow_type="setup_mfa",provider="x"} 0
+    cerby_job_info{job_id="2f0c…",workflow_type="setup_mfa",provider="x",trigger="manual",
+                   account_id="9a1e…",account_name="Brand"} 1
+    cerby_job_created_timestamp_seconds{job_id="2f0c…"} 1.7324064e+09
+    cerby_job_updated_timestamp_seconds{job_id="2f0c…"} 1.7324067e+09
+    cerby_job_error_info{job_id="2f0c…",error_type="login_failed",user_required="true"} 1
+    cerby_job_fetch_success{job_id="2f0c…"} 1
+    cerby_job_last_fetch_timestamp_seconds{job_id="2f0c…"} 1.7324068e+09
+    cerby_jobs{workflow_type="setup_mfa",provider="x",status="error"} 1
+    cerby_up 1
+    cerby_scrape_duration_seconds 0.012
+    cerby_tracked_jobs 20
+    cerby_stale_jobs 0
+    cerby_api_backoff_until_timestamp_seconds 0
+    cerby_exporter_build_info{version="0.1.0"} 1
+
+followed by the counters and histogram of `metrics.ExporterMetrics`. Label values Cerby leaves
+null are empty strings. A job with no data yet, or data too old to trust, keeps only
+`cerby_job_fetch_success` (at 0).
+
+The job part (the per-job families and `cerby_jobs`, nearly all of the bytes) is a `JobPart`:
+rendered once per change of the data behind it and compressed at most once, then sent as is by
+every scrape until the next change. Only the health and self-metrics lines are written per scrape.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final, cast
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
+
+from cerby_exporter import __version__
+from cerby_exporter.backoff import RateLimitGate
+from cerby_exporter.cache import Entry, JobCache, Round, TTLPolicy
+from cerby_exporter.client import CerbyClient
+from cerby_exporter.exposition import gzip_member, header, sample
+from cerby_exporter.jobids import JobIdSource
+from cerby_exporter.metrics import ExporterMetrics
+from cerby_exporter.model import STATUSES, Job
+
+JOB_FAMILIES: Final = (
+    "cerby_job_status",
+    "cerby_job_can_retry",
+    "cerby_job_info",
+    "cerby_job_created_timestamp_seconds",
+    "cerby_job_updated_timestamp_seconds",
+    "cerby_job_error_info",
+    "cerby_job_fetch_success",
+    "cerby_job_last_fetch_timestamp_seconds",
+)
+_FETCH_SUCCESS: Final = JOB_FAMILIES.index("cerby_job_fetch_success")
+generate_openmetrics = cast(
+    Callable[[CollectorRegistry], bytes], openmetrics_exposition.generate_latest
+)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """How the exposition looks, fixed for the life of the process."""
+
+    cache_ttl: float
+    terminal_cache_ttl: float
+    max_staleness: float
+    sparse_status: bool
+    creator_labels: bool
+
+    def help_texts(self) -> dict[str, str]:
+        cached = (
+            f"Job data is cached: {self.cache_ttl:g}s while in flight, "
+            f"{self.terminal_cache_ttl:g}s once finished or failed."
+        )
+        return {
+            "cerby_job_status": "Status of the job, 1 for the current one "
+            "(created, started, running, retrying, finished, error, unknown). " + cached,
+            "cerby_job_can_retry": "1 if Cerby can retry the job, 0 if not. " + cached,
+            "cerby_job_info": "Descriptive labels of the job, value 1. " + cached,
+            "cerby_job_created_timestamp_seconds": "When Cerby created the job. " + cached,
+            "cerby_job_updated_timestamp_seconds": "When Cerby last updated the job. " + cached,
+            "cerby_job_error_info": "Error details of a job in status error, value 1. " + cached,
+            "cerby_job_fetch_success": "1 if the latest fetch of the job succeeded and its data "
+            "is shown, else 0.",
+            "cerby_job_last_fetch_timestamp_seconds": "When the job data now shown was fetched "
+            "from Cerby. " + cached,
+            "cerby_jobs": "Tracked jobs by workflow type, provider and status. " + cached,
+        }
+
+
+def render_job(job_id: str, entry: Entry | None, visible: bool, view: View) -> tuple[str, ...]:
+    """The lines of one job in each of `JOB_FAMILIES`, in that order ('' where it has none)."""
+    if entry is None or entry.job is None or entry.fetched_at is None or not visible:
+        lines = [""] * len(JOB_FAMILIES)
+        lines[_FETCH_SUCCESS] = sample("cerby_job_fetch_success", [("job_id", job_id)], 0)
+        return tuple(lines)
+    job = entry.job
+    ident = [("job_id", job_id)]
+    kind = [*ident, ("workflow_type", job.workflow_type or ""), ("provider", job.provider or "")]
+    current = job.status
+    statuses = (current,) if view.sparse_status else STATUSES
+    status = "".join(
+        sample("cerby_job_status", [*kind, ("status", s)], s == current) for s in statuses
+    )
+    can_retry = "" if job.can_retry is None else sample("cerby_job_can_retry", kind, job.can_retry)
+    info_labels = [
+        *kind,
+        ("trigger", job.trigger or ""),
+        ("account_id", job.account_id or ""),
+        ("account_name", job.account_name or ""),
+    ]
+    if view.creator_labels:
+        info_labels += [
+            ("creator_id", job.creator_id or ""),
+            ("creator_name", job.creator_name or ""),
+        ]
+    return (
+        status,
+        can_retry,
+        sample("cerby_job_info", info_labels, 1),
+        _timestamp("cerby_job_created_timestamp_seconds", ident, job.created_at),
+        _timestamp("cerby_job_updated_timestamp_seconds", ident, job.updated_at),
+        _error_info(job, ident),
+        sample("cerby_job_fetch_success", ident, entry.ok),
+        sample("cerby_job_last_fetch_timestamp_seconds", ident, entry.fetched_at),
+    )
+
+
+def _timestamp(name: str, ident: list[tuple[str, str]], value: float | None) -> str:
+    return "" if value is None else sample(name, ident, value)
+
+
+def _error_info(job: Job, ident: list[tuple[str, str]]) -> str:
+    if job.status != "error" or job.error is None:
+        return ""
+    required = job.error.user_required
+    return sample(
+        "cerby_job_error_info",
+        [
+            *ident,
+            ("error_type", job.error.error_type or ""),
+            ("user_required", "" if required is None else str(required).lower()),
+        ],
+        1,
+    )
+
+
+def shown_until(entry: Entry, policy: TTLPolicy, max_staleness: float) -> float:
+    """Wall time after which a job's data is too old to show.
+
+    Data is due for refresh after its TTL (long for terminal jobs); once due, it is shown for
+    `max_staleness` more while refreshes fail, then withdrawn rather than passed off as current.
+    """
+    if entry.job is None or entry.fetched_at is None:
+        return -float("inf")
+    return (
+        entry.fetched_at + policy.seconds(Entry(entry.job, entry.fetched_at, None)) + max_staleness
+    )
+
+
+def count_jobs(jobs: Iterable[Job]) -> dict[tuple[str, str, str], int]:
+    """`cerby_jobs`: every status of every (workflow type, provider) seen, zeros included."""
+    seen = Counter((job.workflow_type or "", job.provider or "", job.status) for job in jobs)
+    kinds = sorted({(workflow, provider) for workflow, provider, _ in seen})
+    return {
+        (workflow, provider, status): seen[(workflow, provider, status)]
+        for workflow, provider in kinds
+        for status in STATUSES
+    }
+
+
+def scrape_budget(header_value: str | None, default: float, offset: float) -> float:
+    """Seconds this scrape may spend fetching: Prometheus' own timeout less a margin to answer.
+
+    The margin never takes more than half of the timeout.
+    """
+    timeout = default
+    if header_value is not None:
+        try:
+            parsed = float(header_value)
+        except ValueError:
+            parsed = 0.0
+        if 0 < parsed < float("inf"):
+            timeout = parsed
+    return max(timeout - offset, timeout / 2)
+
+
+class JobPart:
+    """The job part of the exposition as bytes, and its gzip member, made once.
+
+    It stands for the tracked IDs `ids` at cache version `version`, until the wall clock passes
+    `valid_until`, when the first shown job's data turns too old to show. A gzip stream may be
+    several members one after the other (RFC 1952, read as one by Prometheus' Go client and by
+    Python's gzip), so a compressed scrape sends `gzipped()` followed by a member of its own.
+    """
+
+    __slots__ = ("_gzip", "_lock", "body", "ids", "stale", "valid_until", "version")
+
+    def __init__(
+        self, ids: tuple[str, ...], version: int, valid_until: float, body: bytes, stale: int
+    ) -> None:
+        self.ids = ids
+        self.version = version
+        self.valid_until = valid_until
+        self.body = body
+        self.stale = stale
+        """Tracked jobs whose data is too old to show (`cerby_stale_jobs`)."""
+        self._gzip: bytes | None = None
+        self._lock = threading.Lock()
+
+    def serves(self, ids: tuple[str, ...], version: int, now: float) -> bool:
+        """True if these bytes are what the entries of `version` render to at `now`."""
+        return (
+            version >= 0
+            and self.version >= version
+            and (self.ids is ids or self.ids == ids)
+            and now <= self.valid_until
+        )
+
+    def gzipped(self) -> bytes:
+        """The body as one gzip member, compressed by the first scrape that asks for it."""
+        with self._lock:
+            if self._gzip is None:
+                self._gzip = gzip_member(self.body)
+            return self._gzip
+
+
+class Collector:
+    """Refreshes the cache for a scrape and renders the answer."""
+
+    def __init__(
+        self,
+        view: View,
+        policy: TTLPolicy,
+        job_ids: JobIdSource,
+        cache: JobCache,
+        client: CerbyClient,
+        metrics: ExporterMetrics,
+        gate: RateLimitGate,
+        *,
+        default_scrape_timeout: float,
+        scrape_timeout_offset: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._view = view
+        self._policy = policy
+        self._ids = job_ids
+        self._cache = cache
+        self._client = client
+        self._gate = gate
+        self._default_timeout = default_scrape_timeout
+        self._offset = scrape_timeout_offset
+        self._clock = clock
+        self._wall = wall_clock
+        self._help = view.help_texts()
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(metrics)
+        self._lock = threading.Lock()
+        self._rendered: dict[str, tuple[Entry | None, float, bool, tuple[str, ...]]] = {}
+        """Per job: the entry, until when it is shown, whether it was, and its lines."""
+        self._render_lock = threading.Lock()
+        self._job_part: JobPart | None = None
+        self.job_part_renders = 0
+        """How many times the job part was rendered: once per change, not once per scrape."""
+        self._key_checked_at = -float("inf")
+        self.ready = threading.Event()
+        """Set once the first collection has been attempted, whatever its outcome."""
+
+    def tracked(self) -> tuple[str, ...]:
+        return self._ids.current()
+
+    def known(self) -> dict[str, Entry]:
+        """Entries of the tracked jobs, without fetching: for the landing page."""
+        return self._cache.peek(self._ids.current())
+
+    def warm_up(self) -> None:
+        """One collection at start, so readiness does not wait for Prometheus' first scrape."""
+        self._refresh(self._ids.current(), self._clock() + self._default_timeout)
+
+    def scrape(self, timeout_header: str | None, openmetrics: bool) -> bytes:
+        jobs, rest = self.scrape_parts(timeout_header, openmetrics)
+        return jobs.body + rest
+
+    def scrape_parts(self, timeout_header: str | None, openmetrics: bool) -> tuple[JobPart, bytes]:
+        """The exposition in two parts: the job part, shared by scrapes until its data changes,
+        and the rest (health and self-metrics, ending in `# EOF` for OpenMetrics), written for
+        this scrape. The job part is the same in both formats."""
+        started = self._clock()
+        ids = self._ids.current()
+        deadline = started + scrape_budget(timeout_header, self._default_timeout, self._offset)
+        result = self._refresh(ids, deadline)
+        duration = self._clock() - started
+        jobs = self._jobs(ids, result)
+        health = self._render_health(len(ids), jobs.stale, duration)
+        own = (
+            generate_openmetrics(self._registry) if openmetrics else generate_latest(self._registry)
+        )
+        return jobs, health + own
+
+    def _jobs(self, ids: tuple[str, ...], result: Round) -> JobPart:
+        """The job part for this scrape: the one already made if it still stands, else anew."""
+        now = self._wall()
+        with self._render_lock:
+            part = self._job_part
+            if part is not None and part.serves(ids, result.version, now):
+                return part
+            body, stale, valid_until = self._render_jobs(ids, result.entries, now=now)
+            part = JobPart(ids, result.version, valid_until, body, stale)
+            self._job_part = part
+            self.job_part_renders += 1
+            return part
+
+    def probe(self, job_id: str, timeout_header: str | None, openmetrics: bool) -> bytes:
+        """The per-job families of one job, through the same cache as `/metrics`."""
+        started = self._clock()
+        deadline = started + scrape_budget(timeout_header, self._default_timeout, self._offset)
+        entries = self._cache.refresh([job_id], deadline).entries
+        body, _, _ = self._render_jobs((job_id,), entries, aggregate=False)
+        return body + (b"# EOF\n" if openmetrics else b"")
+
+    def _refresh(self, ids: Sequence[str], deadline: float) -> Round:
+        """Refresh what is due; with nothing to fetch, a key check keeps `cerby_up` honest."""
+        result = self._cache.refresh(ids, deadline)
+        now = self._clock()
+        never_asked = result.key_accepted is None
+        if never_asked or (not ids and now - self._key_checked_at >= self._policy.in_flight):
+            self._key_checked_at = now
+            self._cache.check_key(self._client.check_key, deadline)
+        self.ready.set()
+        return result
+
+    def _render_jobs(
+        self,
+        ids: Sequence[str],
+        entries: dict[str, Entry],
+        aggregate: bool = True,
+        now: float | None = None,
+    ) -> tuple[bytes, int, float]:
+        """The job families of `ids`, the number of stale jobs, and the wall time until which
+        this rendering holds (when the first shown job's data turns too old to show)."""
+        now = self._wall() if now is None else now
+        rows: list[tuple[str, ...]] = []
+        shown: list[Job] = []
+        stale = 0
+        valid_until = float("inf")
+        with self._lock:
+            memo = self._rendered
+            for job_id in ids:
+                entry = entries.get(job_id)
+                cached = memo.get(job_id)
+                if cached is not None and cached[0] is entry:
+                    until = cached[1]
+                else:
+                    cached = None
+                    until = (
+                        -float("inf")
+                        if entry is None
+                        else shown_until(entry, self._policy, self._view.max_staleness)
+                    )
+                visible = now <= until
+                if cached is not None and cached[2] == visible:
+                    lines = cached[3]
+                else:
+                    lines = render_job(job_id, entry, visible, self._view)
+                    memo[job_id] = (entry, until, visible, lines)
+                rows.append(lines)
+                if entry is None or entry.job is None:
+                    continue
+                if visible:
+                    shown.append(entry.job)
+                    valid_until = min(valid_until, until)
+                else:
+                    stale += 1
+            if len(memo) > 2 * max(len(ids), 1) + 1000:
+                self._rendered = {i: memo[i] for i in ids if i in memo}
+        # One join per family over every job's line (an empty string where a job has none).
+        columns = zip(*rows, strict=True) if rows else [()] * len(JOB_FAMILIES)
+        parts: list[str] = []
+        for name, column in zip(JOB_FAMILIES, columns, strict=True):
+            parts.append(header(name, self._help[name]))
+            parts.append("".join(column))
+        if aggregate:
+            parts.append(header("cerby_jobs", self._help["cerby_jobs"]))
+            for (workflow, provider, status), count in count_jobs(shown).items():
+                labels = [("workflow_type", workflow), ("provider", provider), ("status", status)]
+                parts.append(sample("cerby_jobs", labels, count))
+        return "".join(parts).encode(), stale, valid_until
+
+    def _render_health(self, tracked: int, stale: int, duration: float) -> bytes:
+        up = bool(self._cache.key_verdict())
+        backoff_until = self._gate.until if self._gate.closed() else 0.0
+        return "".join(
+            (
+                header("cerby_up", "1 if the latest API round reached Cerby and it took the key."),
+                sample("cerby_up", (), up),
+                header(
+                    "cerby_scrape_duration_seconds",
+                    "Seconds this scrape spent refreshing job data from Cerby.",
+                ),
+                sample("cerby_scrape_duration_seconds", (), duration),
+                header("cerby_tracked_jobs", "Job IDs configured for collection."),
+                sample("cerby_tracked_jobs", (), tracked),
+                header(
+                    "cerby_stale_jobs",
+                    "Tracked jobs whose data is too old to show (refreshes failing for longer "
+                    f"than {self._view.max_staleness:g}s past due).",
+                ),
+                sample("cerby_stale_jobs", (), stale),
+                header(
+                    "cerby_api_backoff_until_timestamp_seconds",
+                    "When the rate-limit back-off ends, 0 when none is in force.",
+                ),
+                sample("cerby_api_backoff_until_timestamp_seconds", (), backoff_until),
+                header("cerby_exporter_build_info", "Version of the exporter, value 1."),
+                sample("cerby_exporter_build_info", [("version", __version__)], 1),
+            )
+        ).encode()

@@ -1,0 +1,141 @@
+"""The command as a person runs it: exit codes, one-line errors, the demo, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cerby_exporter import __version__
+from cerby_exporter.simulator import DEMO_MISSING_JOB, demo_job_ids
+
+SECRET = "sk-cli-test-never-print-4242"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERBY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "cerby_exporter", *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"cerby-exporter {__version__}"
+
+
+def test_check_config_prints_settings_with_the_key_redacted() -> None:
+    result = run(
+        "--check-config",
+        "--cache-ttl",
+        "30",
+        env={
+            "CERBY_API_URL": "https://acme.cerby.com/api/v1",
+            "CERBY_API_KEY": SECRET,
+            "CERBY_CACHE_TTL": "90",
+            "CERBY_JOB_IDS": "aaaaaaaa-0000-0000-0000-000000000001",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "api_url = https://acme.cerby.com/api/v1" in lines
+    assert "api_key = <redacted>" in lines
+    assert "cache_ttl = 30.0" in lines  # the flag wins over the variable
+    assert "job_ids_total = 1" in lines
+    assert SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--api-url", "ftp://x"], {"CERBY_API_KEY": SECRET}, "invalid --api-url / CERBY_API_URL"),
+        ([], {"CERBY_API_URL": "https://a.cerby.com/api/v1"}, "invalid --api-key-file"),
+        (["--job-ids", "x,y"], {}, "invalid --job-ids / CERBY_JOB_IDS"),
+        (["--cache-ttl", "-1"], {}, "invalid --cache-ttl / CERBY_CACHE_TTL"),
+        (["--max-jobs", "1", "--job-ids", f"{demo_job_ids()[0]} {demo_job_ids()[1]}"], {},
+         "more than the cap"),
+        (["--job-ids-file", "/nonexistent"], {}, "invalid --job-ids-file"),
+        ([], {"CERBY_TERMINAL_CACHE_TTL": "0"}, "invalid --terminal-cache-ttl"),
+        (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+        (["--cache-ttl"], {}, "expected one argument"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], env: dict[str, str], says: str) -> None:
+    base = {"CERBY_API_URL": "https://acme.cerby.com/api/v1", "CERBY_API_KEY": SECRET}
+    merged = {**base, **env} if "CERBY_API_KEY" in env or not env else {**env}
+    if "CERBY_API_URL" in env and "CERBY_API_KEY" not in env:
+        merged = env
+    result = run(*args, env=merged)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stderr
+
+
+def test_port_in_use_is_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("--demo", "--web.listen-address", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_serves_jobs_within_seconds_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cerby_exporter", "--demo", "--web.listen-address",
+             f"127.0.0.1:{port}", "--log.format", "json"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            body = ""
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                    if "cerby_job_status{" in body:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            assert 'cerby_up 1' in body
+            for job_id in demo_job_ids():
+                assert f'cerby_job_fetch_success{{job_id="{job_id}"}}' in body
+            assert f'cerby_job_fetch_success{{job_id="{DEMO_MISSING_JOB}"}} 0' in body
+            assert 'status="unknown"} 1' in body
+            assert "cerby_tracked_jobs 21" in body
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=10)
+    assert code == 0
+    lines = log.read_text().splitlines()
+    assert lines
+    assert all(line.startswith("{") for line in lines)  # JSON, one event a line
+    assert '"msg": "stopped"' in lines[-1]

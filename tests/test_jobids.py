@@ -1,0 +1,108 @@
+"""Job IDs: only the UUID shape passes, files reload on change, bad lines are skipped."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from cerby_exporter.jobids import (
+    JobIdSource,
+    is_job_id,
+    merge,
+    parse_job_ids_file,
+    split_job_ids,
+)
+
+A = "aaaaaaaa-0000-0000-0000-000000000001"
+B = "bbbbbbbb-0000-0000-0000-000000000002"
+C = "cccccccc-0000-0000-0000-000000000003"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [A, "3F0E1B2C-4D5E-6F70-8192-A3B4C5D6E7F8", "00000000-0000-0000-0000-000000000000"],
+)
+def test_uuid_shapes_pass(text: str) -> None:
+    assert is_job_id(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not-a-uuid",
+        A + "0",
+        A[:-1],
+        "{" + A + "}",
+        A.replace("-", ""),
+        "../../admin/users",
+        A + "/../x",
+        "gggggggg-0000-0000-0000-000000000001",
+        " " + A,
+        A + "\n",
+        "aaaaaaaa-0000-0000-0000-00000000000١",  # an Arabic-Indic digit is not hex
+    ],
+)
+def test_anything_else_is_refused(text: str) -> None:
+    assert not is_job_id(text)
+
+
+def test_split_on_commas_and_white_space() -> None:
+    assert split_job_ids(f"{A}, {B}\n{C},,") == [A, B, C]
+    assert split_job_ids("  ") == []
+
+
+def test_file_with_comments_blank_lines_and_bad_lines() -> None:
+    parsed = parse_job_ids_file(f"# jobs to watch\n\n{A}\n{B.upper()}  # rotation\nnope\n  {C}\n")
+    assert parsed.ids == (A, B, C)
+    assert parsed.bad_lines == ((5, "nope"),)
+
+
+def test_merge_keeps_first_occurrence_and_order() -> None:
+    assert merge([B, A], [A, C, B]) == (B, A, C)
+
+
+def write(path: Path, text: str, bump: int) -> None:
+    path.write_text(text)
+    # Some file systems keep mtime to the second: make each edit visibly newer.
+    stamp = 1_700_000_000 + bump
+    os.utime(path, (stamp, stamp))
+
+
+def test_source_reloads_edited_file_and_skips_bad_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jobs.txt"
+    write(path, f"{A}\n", 1)
+    source = JobIdSource((C,), path, max_jobs=10)
+    assert source.current() == (C, A)
+    write(path, f"{A}\n{B}\nnot-an-id\n", 2)
+    with caplog.at_level(logging.WARNING):
+        assert source.current() == (C, A, B)
+    assert "line 3 skipped" in caplog.text
+    write(path, f"{B}\n", 3)
+    assert source.current() == (C, B)  # removing a line stops tracking that job
+
+
+def test_source_keeps_ids_when_file_disappears(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.txt"
+    write(path, f"{A}\n{B}\n", 1)
+    source = JobIdSource((), path, max_jobs=10)
+    assert source.current() == (A, B)
+    path.unlink()
+    assert source.current() == (A, B)
+    write(path, f"{C}\n", 2)
+    assert source.current() == (C,)
+
+
+def test_source_caps_a_reloaded_file(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.txt"
+    write(path, f"{A}\n{B}\n{C}\n", 1)
+    assert JobIdSource((), path, max_jobs=2).current() == (A, B)
+
+
+def test_source_without_file_is_fixed() -> None:
+    assert JobIdSource((A, B), None, max_jobs=10).current() == (A, B)

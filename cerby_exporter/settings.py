@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     max_jobs: int = _flag("--max-jobs", "Most job IDs tracked.", default=10000, ge=1)
     max_staleness: float = _flag(
         "--max-staleness",
-        "Seconds after its last good fetch a job's data stops being shown.",
+        "Seconds past its refresh time a job's data is still shown while refreshes fail.",
         default=900.0,
         gt=0,
     )

@@ -182,7 +182,7 @@ class _Redirector(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.seen_keys.append(self.headers.get("X-API-Key"))
         self.send_response(302)
-        self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/x")
+        self.send_header("Location", "http://127.0.0.1:9/elsewhere")
         self.send_header("Content-Length", "0")
         self.end_headers()
 

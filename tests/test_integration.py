@@ -8,12 +8,14 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import cast
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.openmetrics import parser as openmetrics_parser
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from cerby_exporter.simulator import Faults, Simulator
@@ -108,7 +110,9 @@ def test_help_says_data_is_cached_and_for_how_long(
 ) -> None:
     running = exporter_factory(**settings_for(simulator, cache_ttl=45, terminal_cache_ttl=1800))
     text = running.get("/metrics").text
-    help_line = next(line for line in text.splitlines() if line.startswith("# HELP cerby_job_status"))
+    help_line = next(
+        line for line in text.splitlines() if line.startswith("# HELP cerby_job_status")
+    )
     assert "cached: 45s while in flight, 1800s once finished or failed" in help_line
 
 
@@ -276,6 +280,9 @@ def test_openmetrics_and_gzip_by_negotiation(
     )
     assert om.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     assert om.text.endswith("# EOF\n")
+    parse_om = cast(
+        Callable[[str], Iterator[Metric]], openmetrics_parser.text_string_to_metric_families
+    )
     families = {family.name: family for family in parse_om(om.text)}
     assert families["cerby_api_requests"].type == "counter"
     assert families["cerby_job_status"].type == "gauge"

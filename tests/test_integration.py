@@ -345,3 +345,35 @@ def test_output_passes_promtool(simulator: Simulator, exporter_factory: Factory)
     assert result.stdout == b""
     assert result.stderr == b""
     assert r'account_name="Quote \" back\\ new\nline ✓"' in body.decode()
+
+
+def test_nothing_calls_the_api_before_the_server_starts(simulator: Simulator) -> None:
+    from cerby_exporter import logs
+    from cerby_exporter.app import create_app
+    from cerby_exporter.settings import Settings
+
+    app = create_app(Settings(**settings_for(simulator)), logs.Redactor())
+    try:
+        time.sleep(0.2)
+        assert simulator.workspace.stats()["requests"] == 0
+        assert not app.ready
+    finally:
+        app.close()
+
+
+def test_many_failing_jobs_write_one_line_per_round(
+    simulator: Simulator, exporter_factory: Factory
+) -> None:
+    missing = tuple(f"99999999-0000-0000-0000-{n:012d}" for n in range(200))
+    running = exporter_factory(**settings_for(simulator, job_ids=missing, cache_ttl=0.5))
+    wait_ready(running)
+    for _ in range(3):
+        time.sleep(0.6)
+        running.get("/metrics")
+    parsed = samples(running.get("/metrics").text)
+    errors = value(parsed, "cerby_job_fetch_errors_total", reason="not_found")
+    assert errors is not None
+    assert errors >= 400
+    warnings = [line for line in running.log.getvalue().splitlines() if "level=warning" in line]
+    assert 1 <= len(warnings) <= 5
+    assert all("not_found=200" in line for line in warnings)

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit tools bench clean
+.PHONY: run test lint typecheck unit tools bench dashboards clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ unit: $(STAMP)
 ## Benchmarks print tables; they are never part of `make test`.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## Regenerate the Grafana dashboards from dashboards/generate_dashboards.py.
+dashboards: $(STAMP)
+	$(BIN)/python dashboards/generate_dashboards.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

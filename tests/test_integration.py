@@ -9,13 +9,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import cast
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
-from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from cerby_exporter.simulator import Faults, Simulator
@@ -70,10 +70,8 @@ def test_metrics_show_each_job_by_value(simulator: Simulator, exporter_factory: 
     assert value(parsed, "cerby_job_error_info", job_id=FAILED, error_type="login_failed",
                  user_required="true") == 1  # fmt: skip
     info = [i for i in names(parsed, "cerby_job_info") if i["job_id"] == FAILED]
-    assert info == [
-        {**kind, "trigger": "user_deprovisioned", "account_id": "aaaaaaaa-0000-0000-0000-000000000001",
-         "account_name": "Brand One"}
-    ]  # fmt: skip
+    account = {"account_id": "aaaaaaaa-0000-0000-0000-000000000001", "account_name": "Brand One"}
+    assert info == [{**kind, "trigger": "user_deprovisioned", **account}]
     assert value(parsed, "cerby_job_created_timestamp_seconds", job_id=FAILED) == 1725569174.357
     assert value(parsed, "cerby_job_updated_timestamp_seconds", job_id=FAILED) == 1725569234.357
     fetched = value(parsed, "cerby_job_last_fetch_timestamp_seconds", job_id=FAILED)

@@ -172,7 +172,7 @@ def test_every_attribute_missing_or_null() -> None:
     assert job.status == "unknown"
     assert (job.workflow_type, job.provider, job.trigger, job.can_retry) == (None,) * 4
     assert (job.created_at, job.updated_at, job.error, job.account_name) == (None,) * 4
-    nulls = {key: None for key in CREATED_EXAMPLE["data"]["attributes"]}
+    nulls = dict.fromkeys(CREATED_EXAMPLE["data"]["attributes"])
     job = parse_job({"data": {"attributes": nulls}}, JOB_ID)
     assert job.status == "unknown"
     assert job.can_retry is None

@@ -23,7 +23,7 @@ from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.cache import Entry, JobCache, TTLPolicy
 from cerby_exporter.client import ApiKey, CerbyClient
 from cerby_exporter.collector import Collector, JobPart, View
-from cerby_exporter.exposition import gzip_member
+from cerby_exporter.exposition import EMPTY_PREFIX, gzip_tail
 from cerby_exporter.jobids import JobIdSource, is_job_id, merge, normalize_job_id
 from cerby_exporter.logs import Redactor
 from cerby_exporter.metrics import ExporterMetrics
@@ -53,6 +53,18 @@ class Response:
     body: bytes
     content_type: str = PLAIN
     headers: tuple[tuple[str, str], ...] = ()
+    more: tuple[bytes, ...] = ()
+    """Further bytes of the body, sent after `body` as they are: the job part of an exposition,
+    kept between scrapes, goes out from where it lies instead of being copied into a new
+    buffer for every answer (a new buffer of megabytes costs more than sending it)."""
+
+    @property
+    def length(self) -> int:
+        return len(self.body) + sum(len(part) for part in self.more)
+
+    def content(self) -> bytes:
+        """The whole body in one buffer."""
+        return b"".join((self.body, *self.more)) if self.more else self.body
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -132,19 +144,22 @@ class App:
 def _exposition(
     request: Request, body: bytes, openmetrics: bool, jobs: JobPart | None = None
 ) -> Response:
-    """`body`, after the job part if one is given; compressed, the job part's gzip member is
-    the one made once, followed by a member for the rest."""
+    """`body`, after the job part if one is given. Compressed, it is one gzip member whose
+    start is the job part as deflated once, the rest deflated for this answer."""
     content_type = OPENMETRICS_FORMAT if openmetrics else TEXT_FORMAT
     if accepts_gzip(request.headers.get("accept-encoding", "")):
-        compressed = gzip_member(body)
+        prefix = EMPTY_PREFIX if jobs is None else jobs.gzip_prefix()
         return Response(
             200,
-            compressed if jobs is None else jobs.gzipped() + compressed,
+            prefix.deflated,
             content_type,
             (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")),
+            (gzip_tail(prefix, body),),
         )
-    plain = body if jobs is None else jobs.body + body
-    return Response(200, plain, content_type, (("Vary", "Accept-Encoding"),))
+    vary = (("Vary", "Accept-Encoding"),)
+    if jobs is None:
+        return Response(200, body, content_type, vary)
+    return Response(200, jobs.body, content_type, vary, (body,))
 
 
 def _when(timestamp: float | None) -> str:

@@ -7,7 +7,9 @@ think about how a person reads an error.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -44,13 +46,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_SETTINGS, f"{self.prog}: {message} (see --help)\n")
 
 
+class _RefuseKeyFlag(argparse.Action):
+    """`--api-key VALUE` is refused without echoing VALUE, which is most likely the key."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            "there is no --api-key flag (a key on the command line shows in ps and shell "
+            "history): set CERBY_API_KEY or use --api-key-file"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cerby-exporter",
         description="Prometheus exporter for Cerby automation jobs. Every flag can also be set "
         "as the CERBY_* environment variable shown; a flag wins over its variable.",
         argument_default=argparse.SUPPRESS,
+        # No abbreviations: `--api-key KEY` would otherwise be read as `--api-key-file KEY`, and
+        # the error would print the key as a file name.
+        allow_abbrev=False,
     )
+    parser.add_argument("--api-key", nargs="?", action=_RefuseKeyFlag, help=argparse.SUPPRESS)
     for name, info in Settings.model_fields.items():
         flag = flag_of(name)
         if flag is None:
@@ -104,11 +126,29 @@ def _check_web_config(path: Path) -> None:
         raise SettingsError("web_config_file", str(exc)) from None
 
 
+M_MMAP_THRESHOLD = -3
+"""glibc's mallopt() parameter number (malloc.h)."""
+
+
+def return_large_buffers(threshold: int = 1 << 20) -> bool:
+    """Have glibc map buffers of `threshold` bytes or more on their own and unmap them when
+    freed. The job part of the exposition is megabytes, made again whenever job data changes;
+    glibc otherwise raises this threshold after the first such buffer is freed and keeps the
+    next ones in its heaps, so the resident set grows with every scrape thread. False where
+    there is no glibc (e.g. musl), which changes nothing else."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
 def serve(loaded: Loaded, explicit: set[str]) -> int:
     """Run until SIGTERM or SIGINT; `explicit` names the settings given as flags."""
     settings = loaded.settings
     redactor = logs.Redactor()
     logs.configure(settings.log_level, settings.log_format, redactor)
+    return_large_buffers()
     simulator = None
     if settings.demo:
         from cerby_exporter import simulator as sim
@@ -186,7 +226,19 @@ def serve(loaded: Loaded, explicit: set[str]) -> int:
     if simulator is not None:
         simulator.stop()
     log.info("stopped")
-    return 0
+    return _exit_now(0)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process once the answers in flight are sent and the logs written.
+
+    A fetch still waiting on a hung Cerby would otherwise hold the interpreter's exit (it joins
+    the fetch threads) for up to --request-timeout; nothing it could still bring back matters.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _environ_names() -> set[str]:

@@ -105,8 +105,11 @@ class ApiKey:
         if now - self._checked_at < self._recheck:
             return self._value
         with self._lock:
-            self._checked_at = now
-            self._reload(self._path)
+            # Stamped after the reload, not before: a thread that saw the stamp fresh must also
+            # see the key it stands for (at start, an empty one would go out and earn a 401).
+            if now - self._checked_at >= self._recheck:
+                self._reload(self._path)
+                self._checked_at = now
             return self._value
 
     def _reload(self, path: Path) -> None:

@@ -49,7 +49,7 @@ from cerby_exporter import __version__
 from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.cache import Entry, JobCache, Round, TTLPolicy
 from cerby_exporter.client import CerbyClient
-from cerby_exporter.exposition import gzip_member, header, sample
+from cerby_exporter.exposition import GzipPrefix, gzip_prefix, header, render_families, sample
 from cerby_exporter.jobids import JobIdSource
 from cerby_exporter.metrics import ExporterMetrics
 from cerby_exporter.model import STATUSES, Job
@@ -199,12 +199,11 @@ def scrape_budget(header_value: str | None, default: float, offset: float) -> fl
 
 
 class JobPart:
-    """The job part of the exposition as bytes, and its gzip member, made once.
+    """The job part of the exposition as bytes, and compressed, each made once.
 
     It stands for the tracked IDs `ids` at cache version `version`, until the wall clock passes
-    `valid_until`, when the first shown job's data turns too old to show. A gzip stream may be
-    several members one after the other (RFC 1952, read as one by Prometheus' Go client and by
-    Python's gzip), so a compressed scrape sends `gzipped()` followed by a member of its own.
+    `valid_until`, when the first shown job's data turns too old to show. A compressed scrape
+    is one gzip member: this part deflated once (`gzip_prefix`), then the rest of the scrape.
     """
 
     __slots__ = ("_gzip", "_lock", "body", "ids", "stale", "valid_until", "version")
@@ -218,7 +217,7 @@ class JobPart:
         self.body = body
         self.stale = stale
         """Tracked jobs whose data is too old to show (`cerby_stale_jobs`)."""
-        self._gzip: bytes | None = None
+        self._gzip: GzipPrefix | None = None
         self._lock = threading.Lock()
 
     def serves(self, ids: tuple[str, ...], version: int, now: float) -> bool:
@@ -230,11 +229,11 @@ class JobPart:
             and now <= self.valid_until
         )
 
-    def gzipped(self) -> bytes:
-        """The body as one gzip member, compressed by the first scrape that asks for it."""
+    def gzip_prefix(self) -> GzipPrefix:
+        """The body deflated, by the first scrape that asks for it, for `gzip_finish`."""
         with self._lock:
             if self._gzip is None:
-                self._gzip = gzip_member(self.body)
+                self._gzip = gzip_prefix(self.body)
             return self._gzip
 
 
@@ -306,10 +305,17 @@ class Collector:
         duration = self._clock() - started
         jobs = self._jobs(ids, result)
         health = self._render_health(len(ids), jobs.stale, duration)
-        own = (
-            generate_openmetrics(self._registry) if openmetrics else generate_latest(self._registry)
-        )
-        return jobs, health + own
+        return jobs, health + self._own_metrics(openmetrics)
+
+    def _own_metrics(self, openmetrics: bool) -> bytes:
+        """The counters and histogram, ending in `# EOF` for OpenMetrics; written directly,
+        as prometheus_client would, since a warm scrape has little else to do."""
+        own = render_families(self._registry.collect(), openmetrics)
+        if own is None:
+            if openmetrics:
+                return generate_openmetrics(self._registry)
+            return generate_latest(self._registry)
+        return own + b"# EOF\n" if openmetrics else own
 
     def _jobs(self, ids: tuple[str, ...], result: Round) -> JobPart:
         """The job part for this scrape: the one already made if it still stands, else anew."""

@@ -370,7 +370,7 @@ class Simulator:
         handler = type("Handler", (_Handler,), {"workspace": workspace})
         self._server = _QuietServer((host, port), handler)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="cerby-simulator", daemon=True
+            target=self._server.serve_forever, args=(0.1,), name="cerby-simulator", daemon=True
         )
 
     @property
@@ -500,7 +500,7 @@ _DEMO: Final[tuple[tuple[str, str, str, str, bool | None, str, str | None], ...]
         "manual",
         "Acme Community",
         False,
-        "0 c,15 r,60 paused",
+        "0 paused,240 f",
         None,
     ),
     ("password_rotation", "twitter", "workspace_policy", "Acme Stuck", True, "0 c,10 s,20 r", None),

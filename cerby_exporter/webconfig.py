@@ -18,7 +18,9 @@ operator reuses the file (and the knowledge) they already have::
 Differences from the Go toolkit, all in the safe direction: Python's TLS cannot accept a client
 certificate without verifying it, so `RequestClientCert` and `RequireAnyClientCert` verify the
 certificate against `client_ca_file` when one is asked for; and `cipher_suites`,
-`curve_preferences` and `client_allowed_sans` are refused rather than silently ignored.
+`curve_preferences` and `client_allowed_sans` are refused rather than silently ignored. One
+difference the other way: basic auth does not cover `/healthz` and `/readyz`, which say only "ok"
+and "ready", so that Kubernetes probes work without credentials in the pod spec.
 
 The file and the files it names are checked again every second while serving (at most): a renewed
 certificate or a changed user list is used for the next connection, without a restart. A reload
@@ -93,6 +95,9 @@ _UNKNOWN_USER_HASH: Final = b"$2b$10$DTWRVmOE9QErLOoV1QkN4eVRY36H1fBzkrQOIXUeLZG
 MAX_PASSWORD_BYTES: Final = 72
 """bcrypt reads no further; like Go's bcrypt, a longer password never matches."""
 AUTH_CACHE_SIZE: Final = 1024
+OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
+"""Answered without basic auth: they say only "ok" or "ready", and Kubernetes probes carry no
+credentials. TLS, when configured, still applies to them."""
 RECHECK_SECONDS: Final = 1.0
 
 
@@ -354,7 +359,7 @@ class BasicAuth:
         return True
 
     def __call__(self, request: Request) -> Response | None:
-        if not self._users:
+        if not self._users or request.path in OPEN_PATHS:
             return None
         credentials = _basic_credentials(request.headers.get("authorization", ""))
         if credentials is not None and self.check(*credentials):

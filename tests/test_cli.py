@@ -71,8 +71,11 @@ def test_check_config_prints_settings_with_the_key_redacted() -> None:
         ([], {"CERBY_API_URL": "https://a.cerby.com/api/v1"}, "invalid --api-key-file"),
         (["--job-ids", "x,y"], {}, "invalid --job-ids / CERBY_JOB_IDS"),
         (["--cache-ttl", "-1"], {}, "invalid --cache-ttl / CERBY_CACHE_TTL"),
-        (["--max-jobs", "1", "--job-ids", f"{demo_job_ids()[0]} {demo_job_ids()[1]}"], {},
-         "more than the cap"),
+        (
+            ["--max-jobs", "1", "--job-ids", f"{demo_job_ids()[0]} {demo_job_ids()[1]}"],
+            {},
+            "more than the cap",
+        ),
         (["--job-ids-file", "/nonexistent"], {}, "invalid --job-ids-file"),
         ([], {"CERBY_TERMINAL_CACHE_TTL": "0"}, "invalid --terminal-cache-ttl"),
         (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
@@ -125,7 +128,7 @@ def test_demo_serves_jobs_within_seconds_and_stops_on_sigterm(tmp_path: Path) ->
                 except httpx.TransportError:
                     pass
                 time.sleep(0.1)
-            assert 'cerby_up 1' in body
+            assert "cerby_up 1" in body
             for job_id in demo_job_ids():
                 assert f'cerby_job_fetch_success{{job_id="{job_id}"}}' in body
             assert f'cerby_job_fetch_success{{job_id="{DEMO_MISSING_JOB}"}} 0' in body

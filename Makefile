@@ -35,6 +35,7 @@ unit: $(STAMP)
 
 ## Benchmarks print tables; they are never part of `make test`.
 bench: $(STAMP)
+	bash .ci/install-tools bench
 	$(BIN)/python -m bench
 
 ## Regenerate the Grafana dashboards from dashboards/generate_dashboards.py.

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from cerby_exporter.app import App, Request, Response
 from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.cache import JobCache, TTLPolicy
-from cerby_exporter.cli import return_large_buffers
+from cerby_exporter.cli import tune_malloc
 from cerby_exporter.client import ApiKey, CerbyClient
 from cerby_exporter.collector import Collector, View
 from cerby_exporter.exposition import gzip_finish, gzip_member, render_families
@@ -353,7 +353,9 @@ def test_own_metrics_are_written_byte_for_byte_as_prometheus_client_writes_them(
     assert render_families(registry.collect(), openmetrics=False) is None
 
 
-def test_large_buffers_are_given_back_to_the_system_when_freed() -> None:
+def test_glibc_takes_the_allocator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """On glibc (the image's Debian and CI), re-rendered job parts do not pile up in the heap."""
-    assert return_large_buffers() is True
-    assert return_large_buffers(threshold=1 << 20) is True
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert tune_malloc() is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's setting is left alone
+    assert tune_malloc(mmap_threshold=1 << 20) is True

@@ -65,6 +65,21 @@ class TTLPolicy:
         return self.in_flight
 
 
+def next_due(previous_due: float | None, ttl: float, now: float) -> float:
+    """When a job just fetched is due again: one TTL after it was last due, not after `now`.
+
+    A refresh happens at the first scrape after the job fell due, some seconds late; counting
+    the TTL from then would stretch every period by that lag. Keeping the schedule makes Cerby
+    see exactly one request per job per TTL, whatever the scrape intervals. After a gap longer
+    than a TTL (no scrape for a while) the schedule starts again from now.
+    """
+    if previous_due is not None:
+        due = previous_due + ttl
+        if due > now:
+            return due
+    return now + ttl
+
+
 class JobFetcher(Protocol):
     def fetch_job(self, job_id: str, deadline: float) -> tuple[Job | FetchError, Attempt]: ...
 
@@ -128,7 +143,7 @@ class JobCache:
         """Incremented whenever any entry changes: renderers key their caches on it."""
 
     def _expires_at(self, key: str, entry: Entry, now: float) -> float:
-        expires = now + self._policy.seconds(entry)
+        expires = next_due(self._expiries.get(key), self._policy.seconds(entry), now)
         self._expiries[key] = expires
         return expires
 

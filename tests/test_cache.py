@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from cerby_exporter.backoff import RateLimitGate
-from cerby_exporter.cache import Entry, JobCache, TTLPolicy
+from cerby_exporter.cache import Entry, JobCache, TTLPolicy, next_due
 from cerby_exporter.client import Attempt, BackedOff, FetchError
 from cerby_exporter.metrics import ExporterMetrics
 from cerby_exporter.model import Job
@@ -291,3 +291,33 @@ def test_entry_ok_reflects_error() -> None:
     entry = Entry(job(A, "running"), 1.0, None)
     assert entry.ok
     assert not replace(entry, error="timeout").ok
+
+
+@pytest.mark.parametrize(
+    ("previous", "ttl", "now", "due"),
+    [
+        (None, 60.0, 1000.0, 1060.0),  # first fetch
+        (1000.0, 60.0, 1000.0, 1060.0),  # fetched right when due
+        (1000.0, 60.0, 1014.0, 1060.0),  # fetched 14 s late: the schedule holds
+        (1000.0, 60.0, 1059.9, 1060.0),
+        (1000.0, 60.0, 1060.0, 1120.0),  # a whole period missed: start again from now
+        (1000.0, 60.0, 1500.0, 1560.0),
+        (1000.0, 3600.0, 1030.0, 4600.0),  # turned terminal: the next period is the long one
+    ],
+)
+def test_next_due_keeps_the_schedule(
+    previous: float | None, ttl: float, now: float, due: float
+) -> None:
+    assert next_due(previous, ttl, now) == due
+
+
+def test_late_scrapes_do_not_stretch_the_refresh_period() -> None:
+    """Scrapes every 15.4 s with a 60 s TTL: over an hour, exactly one fetch per TTL (a period
+    counted from each fetch would make 59)."""
+    cerby, clock = FakeCerby(), Clock()
+    cache = make(cerby, clock)
+    start = clock.now
+    while clock.now < start + 3600:
+        cache.refresh([A], clock() + 5)
+        clock.now += 15.0 + 0.4  # a scrape interval that drifts
+    assert cerby.calls[A] == 60

@@ -24,6 +24,7 @@ from cerby_exporter.cache import Entry, JobCache, TTLPolicy
 from cerby_exporter.client import ApiKey, CerbyClient
 from cerby_exporter.collector import Collector, JobPart, View
 from cerby_exporter.exposition import EMPTY_PREFIX, gzip_tail
+from cerby_exporter.filebytes import FileBytes
 from cerby_exporter.jobids import JobIdSource, is_job_id, merge, normalize_job_id
 from cerby_exporter.logs import Redactor
 from cerby_exporter.metrics import ExporterMetrics
@@ -53,7 +54,7 @@ class Response:
     body: bytes
     content_type: str = PLAIN
     headers: tuple[tuple[str, str], ...] = ()
-    more: tuple[bytes, ...] = ()
+    more: tuple[bytes | FileBytes, ...] = ()
     """Further bytes of the body, sent after `body` as they are: the job part of an exposition,
     kept between scrapes, goes out from where it lies instead of being copied into a new
     buffer for every answer (a new buffer of megabytes costs more than sending it)."""
@@ -64,7 +65,11 @@ class Response:
 
     def content(self) -> bytes:
         """The whole body in one buffer."""
-        return b"".join((self.body, *self.more)) if self.more else self.body
+        if not self.more:
+            return self.body
+        return b"".join(
+            (self.body, *(part.data if isinstance(part, FileBytes) else part for part in self.more))
+        )
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -145,17 +150,16 @@ def _exposition(
     request: Request, body: bytes, openmetrics: bool, jobs: JobPart | None = None
 ) -> Response:
     """`body`, after the job part if one is given. Compressed, it is one gzip member whose
-    start is the job part as deflated once, the rest deflated for this answer."""
+    start is the job part as deflated once (sent from its file), the rest stored after it."""
     content_type = OPENMETRICS_FORMAT if openmetrics else TEXT_FORMAT
     if accepts_gzip(request.headers.get("accept-encoding", "")):
-        prefix = EMPTY_PREFIX if jobs is None else jobs.gzip_prefix()
-        return Response(
-            200,
-            prefix.deflated,
-            content_type,
-            (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")),
-            (gzip_tail(prefix, body),),
-        )
+        headers = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"))
+        if jobs is None:
+            return Response(
+                200, EMPTY_PREFIX.deflated, content_type, headers, (gzip_tail(EMPTY_PREFIX, body),)
+            )
+        prefix, deflated = jobs.gzip_prefix()
+        return Response(200, b"", content_type, headers, (deflated, gzip_tail(prefix, body)))
     vary = (("Vary", "Accept-Encoding"),)
     if jobs is None:
         return Response(200, body, content_type, vary)

@@ -39,17 +39,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, cast
-
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
-from prometheus_client.openmetrics import exposition as openmetrics_exposition
+from typing import Final
 
 from cerby_exporter import __version__
 from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.cache import Entry, JobCache, Round, TTLPolicy
 from cerby_exporter.client import CerbyClient
-from cerby_exporter.exposition import GzipPrefix, gzip_prefix, header, render_families, sample
+from cerby_exporter.exposition import GzipPrefix, gzip_prefix, header, sample
+from cerby_exporter.filebytes import FileBytes
 from cerby_exporter.jobids import JobIdSource
 from cerby_exporter.metrics import ExporterMetrics
 from cerby_exporter.model import STATUSES, Job
@@ -65,9 +62,6 @@ JOB_FAMILIES: Final = (
     "cerby_job_last_fetch_timestamp_seconds",
 )
 _FETCH_SUCCESS: Final = JOB_FAMILIES.index("cerby_job_fetch_success")
-generate_openmetrics = cast(
-    Callable[[CollectorRegistry], bytes], openmetrics_exposition.generate_latest
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +211,7 @@ class JobPart:
         self.body = body
         self.stale = stale
         """Tracked jobs whose data is too old to show (`cerby_stale_jobs`)."""
-        self._gzip: GzipPrefix | None = None
+        self._gzip: tuple[GzipPrefix, FileBytes] | None = None
         self._lock = threading.Lock()
 
     def serves(self, ids: tuple[str, ...], version: int, now: float) -> bool:
@@ -229,11 +223,13 @@ class JobPart:
             and now <= self.valid_until
         )
 
-    def gzip_prefix(self) -> GzipPrefix:
-        """The body deflated, by the first scrape that asks for it, for `gzip_finish`."""
+    def gzip_prefix(self) -> tuple[GzipPrefix, FileBytes]:
+        """The body deflated, by the first scrape that asks for it, for `gzip_tail`; and its
+        deflated bytes in a file, for the server to send with sendfile()."""
         with self._lock:
             if self._gzip is None:
-                self._gzip = gzip_prefix(self.body)
+                prefix = gzip_prefix(self.body)
+                self._gzip = (prefix, FileBytes(prefix.deflated))
             return self._gzip
 
 
@@ -266,8 +262,7 @@ class Collector:
         self._clock = clock
         self._wall = wall_clock
         self._help = view.help_texts()
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(metrics)
+        self._metrics = metrics
         self._lock = threading.Lock()
         self._rendered: dict[str, tuple[Entry | None, float, bool, tuple[str, ...]]] = {}
         """Per job: the entry, until when it is shown, whether it was, and its lines."""
@@ -310,11 +305,7 @@ class Collector:
     def _own_metrics(self, openmetrics: bool) -> bytes:
         """The counters and histogram, ending in `# EOF` for OpenMetrics; written directly,
         as prometheus_client would, since a warm scrape has little else to do."""
-        own = render_families(self._registry.collect(), openmetrics)
-        if own is None:
-            if openmetrics:
-                return generate_openmetrics(self._registry)
-            return generate_latest(self._registry)
+        own = self._metrics.render(openmetrics)
         return own + b"# EOF\n" if openmetrics else own
 
     def _jobs(self, ids: tuple[str, ...], result: Round) -> JobPart:

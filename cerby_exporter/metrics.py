@@ -14,6 +14,8 @@ from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
+from cerby_exporter.exposition import escape_label_value, go_float
+
 FETCH_ERROR_REASONS: Final = (
     "not_found",
     "unauthorized",
@@ -25,6 +27,51 @@ FETCH_ERROR_REASONS: Final = (
 )
 CACHE_RESULTS: Final = ("hit", "miss", "stale")
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_Pairs = list[tuple[str, int]]
+_BOUNDS: Final = (*map(str, DURATION_BUCKETS), "+Inf")
+
+REQUESTS: Final = "cerby_api_requests"
+REQUESTS_HELP: Final = (
+    "HTTP responses from the Cerby API, by status code (requests that got none are in "
+    "cerby_job_fetch_errors_total)."
+)
+DURATION: Final = "cerby_api_request_duration_seconds"
+DURATION_HELP: Final = "Time from sending a request to Cerby to reading its whole answer."
+FETCH_ERRORS: Final = "cerby_job_fetch_errors"
+FETCH_ERRORS_HELP: Final = (
+    "Failed job fetches, by reason: not_found, unauthorized (401/403), rate_limited, "
+    "server_error (5xx), timeout, transport, invalid_response."
+)
+CACHE_REQUESTS: Final = "cerby_cache_requests"
+CACHE_REQUESTS_HELP: Final = (
+    "Job lookups in the cache, by result: hit (fresh), stale (expired, refreshed), "
+    "miss (no data yet)."
+)
+
+
+def _family_header(name: str, help_text: str, kind: str, openmetrics: bool) -> str:
+    """HELP and TYPE as prometheus_client writes them: a counter is named with `_total` in the
+    text format and without it in OpenMetrics, whose HELP also escapes double quotes."""
+    if openmetrics:
+        help_text = escape_label_value(help_text)
+    else:
+        name = name + "_total" if kind == "counter" else name
+        help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+
+
+_HEADERS: Final = {
+    openmetrics: {
+        name: _family_header(name, help_text, kind, openmetrics)
+        for name, help_text, kind in (
+            (REQUESTS, REQUESTS_HELP, "counter"),
+            (DURATION, DURATION_HELP, "histogram"),
+            (FETCH_ERRORS, FETCH_ERRORS_HELP, "counter"),
+            (CACHE_REQUESTS, CACHE_REQUESTS_HELP, "counter"),
+        )
+    }
+    for openmetrics in (False, True)
+}
 
 
 class ExporterMetrics:
@@ -98,50 +145,60 @@ class ExporterMetrics:
         """Declared so that registering this collector does not call `collect()`."""
         return []
 
-    def collect(self) -> Iterator[Metric]:
+    def _snapshot(
+        self,
+    ) -> tuple[
+        list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, int]], list[int], float
+    ]:
+        """Every number at one instant, each histogram bucket counted cumulatively."""
         with self._lock:
             responses = sorted(self._responses.items(), key=lambda item: int(item[0]))
             errors = list(self._errors.items())
             cache = list(self._cache.items())
             counts = list(self._bucket_counts)
             total = self._duration_sum
-        requests = CounterMetricFamily(
-            "cerby_api_requests",
-            "HTTP responses from the Cerby API, by status code (requests that got none are in "
-            "cerby_job_fetch_errors_total).",
-            labels=["code"],
+        for n in range(1, len(counts)):
+            counts[n] += counts[n - 1]
+        return responses, errors, cache, counts, total
+
+    def render(self, openmetrics: bool) -> bytes:
+        """The exposition of `collect()`, byte for byte as prometheus_client writes it (a test
+        holds the two equal) in a tenth of its time: a warm scrape has little else to do, and
+        these lines change with every scrape. OpenMetrics' `# EOF` is the caller's to add."""
+        responses, errors, cache, counts, total = self._snapshot()
+        headers = _HEADERS[openmetrics]
+        out = [headers[REQUESTS]]
+        out.extend(f'{REQUESTS}_total{{code="{c}"}} {go_float(v)}\n' for c, v in responses)
+        out.append(headers[DURATION])
+        out.extend(
+            f'{DURATION}_bucket{{le="{bound}"}} {go_float(n)}\n'
+            for bound, n in zip(_BOUNDS, counts, strict=True)
         )
+        out.append(f"{DURATION}_count {go_float(counts[-1])}\n{DURATION}_sum {go_float(total)}\n")
+        out.append(headers[FETCH_ERRORS])
+        out.extend(f'{FETCH_ERRORS}_total{{reason="{r}"}} {go_float(v)}\n' for r, v in errors)
+        out.append(headers[CACHE_REQUESTS])
+        out.extend(f'{CACHE_REQUESTS}_total{{result="{r}"}} {go_float(v)}\n' for r, v in cache)
+        return "".join(out).encode()
+
+    def collect(self) -> Iterator[Metric]:
+        """The same numbers as prometheus_client families, for a registry to read."""
+        responses, errors, cache, counts, total = self._snapshot()
+        requests = CounterMetricFamily(REQUESTS, REQUESTS_HELP, labels=["code"])
         for code, value in responses:
             requests.add_metric([code], value)
         yield requests
-
-        cumulative, buckets = 0, []
-        for bound, count in zip((*map(str, DURATION_BUCKETS), "+Inf"), counts, strict=True):
-            cumulative += count
-            buckets.append((bound, float(cumulative)))
         yield HistogramMetricFamily(
-            "cerby_api_request_duration_seconds",
-            "Time from sending a request to Cerby to reading its whole answer.",
-            buckets=buckets,
+            DURATION,
+            DURATION_HELP,
+            buckets=[(bound, float(n)) for bound, n in zip(_BOUNDS, counts, strict=True)],
             sum_value=total,
         )
-
-        fetch_errors = CounterMetricFamily(
-            "cerby_job_fetch_errors",
-            "Failed job fetches, by reason: not_found, unauthorized (401/403), rate_limited, "
-            "server_error (5xx), timeout, transport, invalid_response.",
-            labels=["reason"],
-        )
+        fetch_errors = CounterMetricFamily(FETCH_ERRORS, FETCH_ERRORS_HELP, labels=["reason"])
         for reason, value in errors:
             fetch_errors.add_metric([reason], value)
         yield fetch_errors
-
-        lookups = CounterMetricFamily(
-            "cerby_cache_requests",
-            "Job lookups in the cache, by result: hit (fresh), stale (expired, refreshed), "
-            "miss (no data yet).",
-            labels=["result"],
-        )
+        lookups = CounterMetricFamily(CACHE_REQUESTS, CACHE_REQUESTS_HELP, labels=["result"])
         for result, value in cache:
             lookups.add_metric([result], value)
         yield lookups

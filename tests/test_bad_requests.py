@@ -3,6 +3,8 @@ whatever Cerby sends, the exposition stays valid for Prometheus' own parser (pro
 
 from __future__ import annotations
 
+import email.utils
+import re
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -204,3 +206,87 @@ def test_label_values_are_escaped_for_prometheus(
     page = running.get("/").text  # the landing page shows the trigger: escaped as HTML
     assert "<img" not in page
     assert "line two &lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def responses_in(received: bytes) -> list[bytes]:
+    """Status lines of the responses in a raw exchange, in order."""
+    return re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", received)
+
+
+def test_pipelined_requests_are_answered_in_order(running: Running) -> None:
+    received = raw_exchange(
+        running,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert responses_in(received) == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 404 Not Found",
+        b"HTTP/1.1 200 OK",
+    ]
+    assert received.endswith(b"Connection: close\r\n\r\nready\n")
+
+
+def test_http_1_0_closes_unless_asked_to_keep_alive(running: Running) -> None:
+    received = raw_exchange(running, b"GET /healthz HTTP/1.0\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n")
+    assert responses_in(received) == [b"HTTP/1.1 200 OK"]
+    assert b"\r\nConnection: close\r\n" in received
+    received = raw_exchange(
+        running,
+        b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n",
+    )
+    assert responses_in(received) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"]
+    assert received.count(b"\r\nConnection: keep-alive\r\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\n\r\n", b"400 Bad Request"),
+        (b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", b"505 HTTP Version Not Supported"),
+        (b"GET /healthz\r\n\r\n", b"400 Bad Request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", b"400 Bad Request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", b"400 Bad Request"),
+    ],
+)
+def test_malformed_requests_get_one_answer_and_a_closed_connection(
+    running: Running, request_bytes: bytes, status: bytes
+) -> None:
+    received = raw_exchange(running, request_bytes + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert responses_in(received) == [b"HTTP/1.1 " + status]
+    assert b"\r\nConnection: close\r\n" in received
+
+
+def test_a_malformed_target_is_400_and_the_connection_stays_usable(running: Running) -> None:
+    received = raw_exchange(
+        running,
+        b"GET healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert responses_in(received) == [b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 200 OK"]
+    assert b"400 malformed request target\n" in received
+
+
+def test_a_get_body_is_skipped_and_the_connection_kept(running: Running) -> None:
+    received = raw_exchange(
+        running,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 19\r\n\r\nGET /nope HTTP/1.1\r\n"
+        b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert responses_in(received) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"]
+    chunked = raw_exchange(
+        running,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    assert responses_in(chunked) == [b"HTTP/1.1 200 OK"]  # answered, then closed unread
+
+
+def test_response_heads_name_the_exporter_and_the_date(running: Running) -> None:
+    answer = httpx.get(running.url + "/healthz", timeout=10)
+    assert answer.headers["server"].startswith("cerby-exporter/")
+    assert email.utils.parsedate_to_datetime(answer.headers["date"]).tzinfo is not None
+    assert answer.headers["content-type"] == "text/plain; charset=utf-8"
+    assert answer.headers["content-length"] == "3"
+    assert answer.text == "ok\n"

@@ -7,6 +7,7 @@ Cerby (httpx.MockTransport) and one injected clock, so time moves only when a te
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -16,10 +17,11 @@ from typing import Any, cast
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from prometheus_client.utils import floatToGoString as _untyped_go_string
 
 from cerby_exporter.app import App, Request, Response
 from cerby_exporter.backoff import RateLimitGate
@@ -27,7 +29,7 @@ from cerby_exporter.cache import JobCache, TTLPolicy
 from cerby_exporter.cli import tune_malloc
 from cerby_exporter.client import ApiKey, CerbyClient
 from cerby_exporter.collector import Collector, View
-from cerby_exporter.exposition import gzip_finish, gzip_member, render_families
+from cerby_exporter.exposition import go_float, gzip_finish, gzip_member
 from cerby_exporter.jobids import JobIdSource
 from cerby_exporter.metrics import ExporterMetrics
 from cerby_exporter.simulator import job_document
@@ -189,10 +191,13 @@ def test_warm_scrapes_send_the_same_job_part_rendered_once(rig: Rig) -> None:
 def test_the_compressed_job_part_is_made_once(rig: Rig) -> None:
     rig.get(encoding="gzip")
     jobs, _ = rig.collector.scrape_parts(None, openmetrics=False)
-    prefix = jobs.gzip_prefix()
+    prefix, in_file = jobs.gzip_prefix()
+    assert in_file.data is prefix.deflated
+    assert in_file.fd is not None  # Linux has memfd_create
+    assert os.pread(in_file.fd, len(in_file) + 1, 0) == prefix.deflated
     for _ in range(3):
         response = rig.get(encoding="gzip")
-        assert response.body is prefix.deflated  # sent as it lies, not copied
+        assert response.more[0] is in_file  # sent as it lies, not copied
     assert rig.collector.job_part_renders == 1
 
 
@@ -251,7 +256,7 @@ def test_changed_job_ids_render_again(tmp_path: Path) -> None:
 def test_a_gzip_answer_is_one_member_holding_exactly_the_plain_body(rig: Rig, accept: str) -> None:
     rig.get()  # warm
     jobs, rest = rig.collector.scrape_parts(None, openmetrics=accept == OPENMETRICS)
-    member = gzip_finish(jobs.gzip_prefix(), rest)
+    member = gzip_finish(jobs.gzip_prefix()[0], rest)
     # One member, as a streaming reader that stops at the first member end (httpx) sees it.
     reader = zlib.decompressobj(16 + zlib.MAX_WBITS)
     assert reader.decompress(member) == jobs.body + rest
@@ -311,46 +316,35 @@ def test_sparse_status_series_are_cached_the_same_way() -> None:
         made.close()
 
 
-class _Odd:
-    """Families with characters that need escaping, and one the direct renderer leaves alone."""
+go_string = cast(Callable[[float], str], _untyped_go_string)
 
-    def __init__(self, with_info: bool) -> None:
-        self.with_info = with_info
 
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        counter = CounterMetricFamily(
-            "odd_things", 'Help with a "quote", a back\\slash\nand a new line.', labels=["what"]
-        )
-        counter.add_metric(['a "b" \\ c\nd'], 3)
-        counter.add_metric(["plain"], 12345678.0)
-        yield counter
-        gauge = GaugeMetricFamily("odd_gauge", "Values Go writes its own way.", labels=["v"])
-        for n, value in enumerate((0.0, -1.5, 1e-07, 1234567.0, float("inf"), float("nan"))):
-            gauge.add_metric([str(n)], value)
-        yield gauge
-        if self.with_info:
-            yield InfoMetricFamily("odd_build", "Info is not a plain family.", value={"v": "1"})
+@pytest.mark.parametrize(
+    "number",
+    [0.0, -0.0, 1.0, -1.5, 1e-07, 0.1, 123456.0, 1234567.0, 12345678.9, 1e22, -3e-300,
+     float("inf"), float("-inf"), float("nan"), 10**7, 2**53 + 1],
+)  # fmt: skip
+def test_values_are_written_as_prometheus_client_writes_them(number: float) -> None:
+    assert go_float(number) == go_string(number)
 
 
 def test_own_metrics_are_written_byte_for_byte_as_prometheus_client_writes_them() -> None:
     metrics = ExporterMetrics()
-    for code, seconds in ((200, 0.004), (200, 0.2), (404, 3.0), (500, 20.0)):
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics)
+    assert metrics.render(openmetrics=False) == generate_latest(registry)  # all zero
+    for code, seconds in ((200, 0.004), (200, 0.2), (404, 3.0), (500, 20.0), (429, 0.005)):
         metrics.observe_response(code, seconds)
     metrics.observe_failed_request(11.0)
     metrics.count_fetch_error("timeout")
     metrics.count_cache(10**7, 3, 2)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics)
-    registry.register(_Odd(with_info=False))
-    assert render_families(registry.collect(), openmetrics=False) == generate_latest(registry)
-    openmetrics = render_families(registry.collect(), openmetrics=True)
-    assert openmetrics is not None
-    assert openmetrics + b"# EOF\n" == generate_openmetrics(registry)
-    registry.register(_Odd(with_info=True))
-    assert render_families(registry.collect(), openmetrics=False) is None
+    text = metrics.render(openmetrics=False)
+    assert text == generate_latest(registry)
+    assert metrics.render(openmetrics=True) + b"# EOF\n" == generate_openmetrics(registry)
+    assert b'cerby_api_requests_total{code="429"} 1.0\n' in text
+    assert b'cerby_api_request_duration_seconds_bucket{le="0.005"} 2.0\n' in text
+    assert b"cerby_api_request_duration_seconds_count 6.0\n" in text
+    assert b'cerby_cache_requests_total{result="hit"} 1e+07\n' in text
 
 
 def test_glibc_takes_the_allocator_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -159,8 +159,7 @@ class _Connection(socketserver.BaseRequestHandler):
                 return False
             length = body_length(head.headers)
         except HttpError as exc:
-            text = f"{exc.status} {exc.reason}\n".encode()
-            self._send(sock, Response(exc.status, text), "HTTP/1.1", keep=False, head=False)
+            self._send(sock, _refusal(exc), "HTTP/1.1", keep=False, head=False)
             return False
         keep = head.keep_alive
         if head.method not in ("GET", "HEAD"):
@@ -197,7 +196,7 @@ class _Connection(socketserver.BaseRequestHandler):
         try:
             path, query = split_target(head.target)
         except HttpError as exc:
-            return Response(exc.status, f"{exc.status} {exc.reason}\n".encode())
+            return _refusal(exc)
         if len(query) > MAX_QUERY_BYTES:
             return Response(414, b"414 query string too long\n")
         hooks = self.server.hooks
@@ -239,6 +238,10 @@ class _Connection(socketserver.BaseRequestHandler):
             send_all(sock, message)
         else:
             send_all(sock, message, response.body, *response.more)
+
+
+def _refusal(error: HttpError) -> Response:
+    return Response(error.status, f"{error.status} {error.reason}\n".encode())
 
 
 class DateHeader:

@@ -7,7 +7,6 @@ think about how a person reads an error.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import secrets
@@ -19,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from cerby_exporter import __version__, logs
+from cerby_exporter import __version__, allocator, logs
 from cerby_exporter.app import create_app
 from cerby_exporter.jobids import merge
 from cerby_exporter.settings import (
@@ -96,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command: `argv` None means this process's own command line, which may be re-run."""
     args = vars(build_parser().parse_args(argv))
     check_only = bool(args.pop("check_config", False))
     try:
@@ -110,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name} = {value}")
         print(f"job_ids_total = {len(loaded.job_ids)}")
         return 0
+    if argv is None:
+        allocator.restart_with_tunables()
     try:
         return serve(loaded, explicit=set(args))
     except KeyboardInterrupt:
@@ -126,37 +128,12 @@ def _check_web_config(path: Path) -> None:
         raise SettingsError("web_config_file", str(exc)) from None
 
 
-M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
-"""glibc's mallopt() parameter numbers (malloc.h)."""
-
-
-def tune_malloc(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
-    """Keep resident memory flat; True if glibc took the settings, False without glibc (musl).
-
-    Two habits of glibc make a long-running exporter creep. It raises its mmap threshold after
-    the first multi-megabyte buffer is freed (the job part of the exposition, made again whenever
-    job data changes) and keeps the next ones in its heaps; and it gives allocating threads
-    arenas of their own, up to eight per core, each keeping its high-water mark. Mapping large
-    buffers on their own and keeping two arenas holds the resident set flat at no measured cost
-    in latency (docs/performance.md). An operator's MALLOC_ARENA_MAX wins over the second.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    took = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
-    if "MALLOC_ARENA_MAX" not in os.environ:
-        took = bool(mallopt(M_ARENA_MAX, arenas)) and took
-    return took
-
-
 def serve(loaded: Loaded, explicit: set[str]) -> int:
     """Run until SIGTERM or SIGINT; `explicit` names the settings given as flags."""
     settings = loaded.settings
     redactor = logs.Redactor()
     logs.configure(settings.log_level, settings.log_format, redactor)
-    tune_malloc()
+    log.debug("glibc allocator tunables: %s", os.environ.get("GLIBC_TUNABLES", "none"))
     simulator = None
     if settings.demo:
         from cerby_exporter import simulator as sim

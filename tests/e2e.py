@@ -56,7 +56,7 @@ class ExporterProcess:
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.stdout_path = workdir / f"exporter-{self.port}.out"
         self.stderr_path = workdir / f"exporter-{self.port}.err"
-        command = [
+        self.command = [
             sys.executable,
             "-m",
             "cerby_exporter",
@@ -66,7 +66,7 @@ class ExporterProcess:
         ]
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                command, stdout=out, stderr=err, env=clean_env(env), cwd=workdir
+                self.command, stdout=out, stderr=err, env=clean_env(env), cwd=workdir
             )
 
     def wait_listening(self, timeout: float = 20.0) -> None:

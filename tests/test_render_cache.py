@@ -26,7 +26,6 @@ from prometheus_client.utils import floatToGoString as _untyped_go_string
 from cerby_exporter.app import App, Request, Response
 from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.cache import JobCache, TTLPolicy
-from cerby_exporter.cli import tune_malloc
 from cerby_exporter.client import ApiKey, CerbyClient
 from cerby_exporter.collector import Collector, View
 from cerby_exporter.exposition import go_float, gzip_finish, gzip_member
@@ -345,11 +344,3 @@ def test_own_metrics_are_written_byte_for_byte_as_prometheus_client_writes_them(
     assert b'cerby_api_request_duration_seconds_bucket{le="0.005"} 2.0\n' in text
     assert b"cerby_api_request_duration_seconds_count 6.0\n" in text
     assert b'cerby_cache_requests_total{result="hit"} 1e+07\n' in text
-
-
-def test_glibc_takes_the_allocator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On glibc (the image's Debian and CI), re-rendered job parts do not pile up in the heap."""
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert tune_malloc() is True
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's setting is left alone
-    assert tune_malloc(mmap_threshold=1 << 20) is True

@@ -393,6 +393,54 @@ def test_empty_job_ids_still_give_a_file_to_fill_later(chart: helm.Chart) -> Non
     assert parsed == type(parsed)((), ())
 
 
+def test_web_config_is_a_mounted_secret_and_probes_follow_its_tls(chart: helm.Chart) -> None:
+    objects = render(chart, SCENARIOS["all-features"])
+    env = env_of_container(objects)
+    assert env["CERBY_WEB_CONFIG_FILE"] == {
+        "name": "CERBY_WEB_CONFIG_FILE",
+        "value": "/etc/cerby-exporter/web/web-config.yml",
+    }
+    # The whole Secret, so that the certificate and key named in the config sit beside it.
+    assert volume(objects, "web-config")["secret"] == {
+        "secretName": "cerby-exporter-web",
+        "defaultMode": 0o440,
+    }
+    assert mount_for(objects, "web-config") == {
+        "name": "web-config",
+        "mountPath": "/etc/cerby-exporter/web",
+        "readOnly": True,
+    }
+    c = container(objects)
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTPS"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTPS"}
+    assert c["livenessProbe"]["periodSeconds"] == chart.values["livenessProbe"]["periodSeconds"]
+
+    # Basic auth only (no TLS): the file is passed, probes and scrapes stay plain HTTP.
+    objects = render(
+        chart,
+        {**MINIMAL, "webConfig": {"existingSecret": "web", "key": "auth.yml"},
+         "serviceMonitor": {"enabled": True}},
+    )  # fmt: skip
+    assert env_of_container(objects)["CERBY_WEB_CONFIG_FILE"]["value"] == (
+        "/etc/cerby-exporter/web/auth.yml"
+    )
+    assert "scheme" not in container(objects)["livenessProbe"]["httpGet"]
+    (endpoint,) = only(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert "scheme" not in endpoint
+
+    # Without a web config: nothing of it in the pod.
+    objects = render(chart, MINIMAL)
+    assert "CERBY_WEB_CONFIG_FILE" not in env_of_container(objects)
+    assert "web-config" not in {
+        v["name"] for v in only(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    }
+
+
+def test_tls_without_a_web_config_secret_is_refused(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"webConfig\.tls needs webConfig\.existingSec"):
+        render(chart, {**MINIMAL, "webConfig": {"tls": True}})
+
+
 def test_existing_job_ids_configmap(chart: helm.Chart) -> None:
     objects = render(chart, SCENARIOS["existing-configmap"])
     assert of_kind(objects, "ConfigMap") == []
@@ -427,6 +475,10 @@ def test_service_monitor(chart: helm.Chart) -> None:
         "scrapeTimeout": "20s",
         "honorLabels": False,
         "relabelings": values["serviceMonitor"]["relabelings"],
+        # The web config turns TLS and basic auth on: Prometheus scrapes with both.
+        "scheme": "https",
+        "tlsConfig": values["serviceMonitor"]["tlsConfig"],
+        "basicAuth": values["serviceMonitor"]["basicAuth"],
     }
     assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
 
@@ -601,6 +653,8 @@ def test_pod_disruption_budget_only_with_replicas(
         ({"apiKey": 12345}, "/apiKey"),
         ({"resources": "small"}, "/resources"),
         ({"pdb": {"minAvailable": "half"}}, "/pdb/minAvailable"),
+        ({"webConfig": {"tls": "yes"}}, "/webConfig/tls"),
+        ({"webConfig": {"file": "web.yml"}}, "'file' not allowed"),
     ],
 )
 def test_schema_rejects_bad_values(chart: helm.Chart, values: Values, complaint: str) -> None:

@@ -441,6 +441,59 @@ def test_a_silent_client_does_not_block_the_others(
             sock.close()
 
 
+def served_certificate_of(pki: Pki, port: int) -> bytes:
+    """The DER certificate the server on `port` presents."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        pki.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+
+def kubelet_publish(volume: Path, files: dict[str, bytes], generation: int) -> None:
+    """Write `files` as the kubelet updates a Secret volume (the Helm chart's web config): into
+    a new directory, switched to by renaming the `..data` symlink, each name a symlink through
+    `..data`. No file the exporter names is ever written in place."""
+    target = volume / f"..2026_11_24_00_00_0{generation}.000000001"
+    target.mkdir()
+    for name, content in files.items():
+        (target / name).write_bytes(content)
+    staging = volume / "..data_tmp"
+    staging.symlink_to(target.name)
+    staging.replace(volume / "..data")
+    for name in files:
+        if not (volume / name).is_symlink():
+            (volume / name).symlink_to(f"..data/{name}")
+
+
+def test_renewal_through_a_kubernetes_secret_volume(
+    pki: Pki, tmp_path: Path, serve: Callable[[Path], tuple[Server, WebConfigSource]]
+) -> None:
+    volume = tmp_path / "web"
+    volume.mkdir()
+    config = b"tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+
+    def secret(name: str) -> dict[str, bytes]:
+        return {
+            "web-config.yml": config,
+            "tls.crt": pki.path(f"{name}.crt").read_bytes(),
+            "tls.key": pki.path(f"{name}.key").read_bytes(),
+        }
+
+    kubelet_publish(volume, secret("server"), 1)
+    server, _ = serve(volume / "web-config.yml")
+    first = ssl.PEM_cert_to_DER_cert(pki.path("server.crt").read_text())
+    assert served_certificate_of(pki, server.port) == first
+    kubelet_publish(volume, secret("server2"), 2)
+    renewed = ssl.PEM_cert_to_DER_cert(pki.path("server2.crt").read_text())
+    deadline = time.monotonic() + 5
+    while served_certificate_of(pki, server.port) != renewed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served_certificate_of(pki, server.port) == renewed
+
+
 def test_renewed_certificate_and_new_users_without_restart(
     pki: Pki, tmp_path: Path, serve: Callable[[Path], tuple[Server, WebConfigSource]]
 ) -> None:
@@ -457,13 +510,7 @@ def test_renewed_certificate_and_new_users_without_restart(
     url = f"https://127.0.0.1:{server.port}/"  # the landing page: behind basic auth
 
     def served_certificate() -> bytes:
-        with (
-            socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
-            pki.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-            assert der is not None
-            return der
+        return served_certificate_of(pki, server.port)
 
     first = served_certificate()
     assert first == ssl.PEM_cert_to_DER_cert(pki.path("server.crt").read_text())

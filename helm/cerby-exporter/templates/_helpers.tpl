@@ -102,9 +102,23 @@ Settings the exporter cannot start without, checked at render time so that a mis
 {{- fail "cerby-exporter: set config.workspace (e.g. acme for https://acme.cerby.com) or config.apiUrl; or demo=true to try the chart without Cerby" }}
 {{- end }}
 {{- end }}
+{{- if and .Values.webConfig.tls (not .Values.webConfig.existingSecret) }}
+{{- fail "cerby-exporter: webConfig.tls needs webConfig.existingSecret, the Secret holding the web config file and its certificate" }}
+{{- end }}
 {{- range .Values.extraEnv }}
 {{- if and (kindIs "map" .) (eq (toString .name) "CERBY_API_KEY") (hasKey . "value") }}
 {{- fail "cerby-exporter: do not put the API key in extraEnv (it would be readable in the pod spec); use existingSecret or apiKey" }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+A probe from values, switched to HTTPS when the web config turns TLS on.
+*/}}
+{{- define "cerby-exporter.probe" -}}
+{{- $probe := deepCopy .probe }}
+{{- if and .tls $probe.httpGet }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- toYaml $probe }}
 {{- end }}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cerby_exporter.allocator import is_glibc, tunables
+from cerby_exporter.allocator import RESTARTED, is_glibc, rerunnable, tunables
 from tests.e2e import ExporterProcess, clean_env
 
 OURS = "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=1048576"
@@ -25,6 +25,8 @@ OURS = "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1:glibc.malloc.mmap_t
         ({"GLIBC_TUNABLES": " glibc.malloc.check=3: "}, f"glibc.malloc.check=3:{OURS}"),
         ({"GLIBC_TUNABLES": ""}, OURS),
         ({"GLIBC_TUNABLES": ":"}, OURS),
+        # A name without a value sets nothing in glibc: ours is still added.
+        ({"GLIBC_TUNABLES": "glibc.malloc.arena_max"}, f"glibc.malloc.arena_max:{OURS}"),
         # An operator's value for one of ours wins.
         (
             {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=7"},
@@ -61,6 +63,17 @@ def test_tunables_are_idempotent(environ: dict[str, str]) -> None:
     first = tunables(environ)
     assert first is not None
     assert tunables({**environ, "GLIBC_TUNABLES": first}) is None
+
+
+def test_only_a_command_line_that_names_a_file_is_run_again(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text("")
+    assert rerunnable(str(script)) is True
+    assert rerunnable(sys.argv[0]) is True  # pytest's own entry point
+    assert rerunnable("-c") is False  # python -c CODE
+    assert rerunnable("-") is False  # a script on standard input, already consumed
+    assert rerunnable("") is False  # an interactive session
+    assert rerunnable(str(tmp_path / "gone.py")) is False
 
 
 def loader() -> str:
@@ -172,6 +185,22 @@ def test_the_exporter_restarts_itself_with_the_tunables(tmp_path: Path) -> None:
     # The first process had written nothing when it was replaced.
     assert log.count("glibc allocator tunables") == 1
     assert log.count("listening on") == 1
+
+
+def test_the_restarted_process_never_restarts_again(tmp_path: Path) -> None:
+    """In secure mode glibc drops tunables before the program sees them; asking again would
+    loop for ever. The restarted process is marked, and takes its environment as it is."""
+    exporter = ExporterProcess(
+        ["--demo", "--log.level", "debug"],
+        tmp_path,
+        exporter_env(GLIBC_TUNABLES="glibc.malloc.check=0", **{RESTARTED: "1"}),
+    )
+    try:
+        exporter.wait_ready()
+        assert b"\0GLIBC_TUNABLES=glibc.malloc.check=0\0" in started_with(exporter.proc.pid)
+    finally:
+        assert exporter.terminate() == 0
+    assert exporter.stderr().count('glibc allocator tunables: glibc.malloc.check=0"') == 1
 
 
 def test_the_operators_tunables_are_kept(tmp_path: Path) -> None:

@@ -393,6 +393,12 @@ def test_empty_job_ids_still_give_a_file_to_fill_later(chart: helm.Chart) -> Non
     assert parsed == type(parsed)((), ())
 
 
+BASIC_AUTH = {
+    "username": {"name": "scrape", "key": "username"},
+    "password": {"name": "scrape", "key": "password"},
+}
+
+
 def test_web_config_is_a_mounted_secret_and_probes_follow_its_tls(chart: helm.Chart) -> None:
     objects = render(chart, SCENARIOS["all-features"])
     env = env_of_container(objects)
@@ -419,7 +425,8 @@ def test_web_config_is_a_mounted_secret_and_probes_follow_its_tls(chart: helm.Ch
     objects = render(
         chart,
         {**MINIMAL, "webConfig": {"existingSecret": "web", "key": "auth.yml"},
-         "serviceMonitor": {"enabled": True}},
+         "serviceMonitor": {"enabled": True, "basicAuth": BASIC_AUTH,
+                            "tlsConfig": {"insecureSkipVerify": True}}},
     )  # fmt: skip
     assert env_of_container(objects)["CERBY_WEB_CONFIG_FILE"]["value"] == (
         "/etc/cerby-exporter/web/auth.yml"
@@ -427,6 +434,27 @@ def test_web_config_is_a_mounted_secret_and_probes_follow_its_tls(chart: helm.Ch
     assert "scheme" not in container(objects)["livenessProbe"]["httpGet"]
     (endpoint,) = only(objects, "ServiceMonitor")["spec"]["endpoints"]
     assert "scheme" not in endpoint
+    assert "tlsConfig" not in endpoint  # meaningless over plain HTTP
+    assert endpoint["basicAuth"] == BASIC_AUTH
+
+    # Probes with another handler (client certificates required): it replaces the default
+    # httpGet, as a probe may have only one; the pod stays valid.
+    tcp = {"tcpSocket": {"port": "http"}, "periodSeconds": 30}
+    values = {**SCENARIOS["all-features"], "livenessProbe": tcp, "readinessProbe": tcp}
+    objects = render(chart, values)
+    c = container(objects)
+    for probe in (c["livenessProbe"], c["readinessProbe"]):
+        assert "httpGet" not in probe
+        assert probe["tcpSocket"] == {"port": "http"}
+        assert probe["periodSeconds"] == 30
+    kubernetes_validate.validate(only(objects, "Deployment"), KUBERNETES_VERSION, strict=True)
+
+    # Names that YAML would read otherwise are quoted.
+    objects = render(chart, {**MINIMAL, "webConfig": {"existingSecret": "0123", "key": "a: b"}})
+    assert volume(objects, "web-config")["secret"]["secretName"] == "0123"
+    assert env_of_container(objects)["CERBY_WEB_CONFIG_FILE"]["value"] == (
+        "/etc/cerby-exporter/web/a: b"
+    )
 
     # Without a web config: nothing of it in the pod.
     objects = render(chart, MINIMAL)

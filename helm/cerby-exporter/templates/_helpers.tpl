@@ -113,11 +113,15 @@ Settings the exporter cannot start without, checked at render time so that a mis
 {{- end }}
 
 {{/*
-A probe from values, switched to HTTPS when the web config turns TLS on.
+A probe from values. Helm merges a user's probe into the default one, so a probe given with
+another handler (tcpSocket, exec, grpc) also carries the default httpGet, and a probe may have
+only one: the other handler wins. An httpGet probe uses HTTPS when the web config turns TLS on.
 */}}
 {{- define "cerby-exporter.probe" -}}
 {{- $probe := deepCopy .probe }}
-{{- if and .tls $probe.httpGet }}
+{{- if or $probe.tcpSocket $probe.exec $probe.grpc }}
+{{- $_ := unset $probe "httpGet" }}
+{{- else if and .tls $probe.httpGet }}
 {{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
 {{- end }}
 {{- toYaml $probe }}

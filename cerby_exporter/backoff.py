@@ -1,12 +1,11 @@
 """Back-off arithmetic: how long to wait after a 429 or a transient failure.
 
-Pure functions plus one small thread-safe gate, so that every rule here is tested exhaustively
-without sleeping.
+Pure functions plus one small gate (used on the event loop only), so that every rule here is
+tested exhaustively without sleeping.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
@@ -65,15 +64,13 @@ class RateLimitGate:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._until = 0.0
-        self._lock = threading.Lock()
 
     def trip(self, seconds: float) -> bool:
         """Close the gate for `seconds`; True if it was open (the caller logs only then)."""
         now = self._clock()
-        with self._lock:
-            was_open = self._until <= now
-            self._until = max(self._until, now + seconds)
-            return was_open
+        was_open = self._until <= now
+        self._until = max(self._until, now + seconds)
+        return was_open
 
     def closed(self) -> bool:
         return self._clock() < self._until

@@ -5,8 +5,10 @@ as its state deserves (a job in flight may change any minute; a finished one alm
 An `LRUCache` keeps the last good data of every job regardless of freshness, so a job whose
 refresh fails is still shown, marked as failed, instead of vanishing from the alerts.
 
-Fetches of expired jobs run on a pool of `max_concurrency` threads. Single-flight: a job being
-fetched is never fetched a second time at once; a concurrent scrape waits for the same future.
+Fetches of expired jobs are tasks on the event loop, at most `max_concurrency` of them talking
+to Cerby at once. Single-flight: a job being fetched is never fetched a second time at once; a
+concurrent scrape waits for the same task. A scrape waits for its fetches until its deadline (or
+until the exporter stops); the fetches still running then go on and fill the cache for the next.
 
 A refresh that finds every job fresh remembers until when that stays true (the earliest expiry
 among them): until then, unless new data is stored, a refresh of the same IDs costs a comparison
@@ -15,12 +17,11 @@ instead of a look-up per job, which is what keeps a warm scrape of 10 000 jobs c
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -33,7 +34,6 @@ from cerby_exporter.model import Job
 
 log = logging.getLogger(__name__)
 
-MAX_IDS_IN_LOG_LINE = 5
 LOGGED_BY_CLIENT = frozenset({"unauthorized", "rate_limited"})
 """Failure reasons the client logs once per episode, so a round's summary need not repeat."""
 
@@ -81,7 +81,7 @@ def next_due(previous_due: float | None, ttl: float, now: float) -> float:
 
 
 class JobFetcher(Protocol):
-    def fetch_job(self, job_id: str, deadline: float) -> tuple[Job | FetchError, Attempt]: ...
+    async def fetch_job(self, job_id: str, deadline: float) -> tuple[Job | FetchError, Attempt]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,25 +120,31 @@ class JobCache:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetcher = fetcher
+        self.on_stored: Callable[[str, Entry], None] | None = None
+        """Told of every job newly fetched: the state file keeps it for the next start."""
         self._policy = policy
         self._metrics = metrics
         self._gate = gate
         self._clock = clock
         self._wall = wall_clock
-        self._lock = threading.Lock()
         # Room for every tracked job plus as many probed ones.
         self._fresh: TLRUCache[str, Entry] = TLRUCache(
             maxsize=2 * max_jobs, ttu=self._expires_at, timer=clock
         )
         self._known: LRUCache[str, Entry] = LRUCache(maxsize=2 * max_jobs)
-        self._inflight: dict[str, Future[tuple[Entry, Attempt | None]]] = {}
-        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="cerby-fetch")
+        self._inflight: dict[str, asyncio.Task[tuple[Entry, Attempt | None]]] = {}
+        self._checks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._stopping = asyncio.Event()
         self._unknown_statuses: set[str] = set()
         self._round = 0
         self._verdicts: dict[int, bool] = {}
         self._closed = False
         self._expiries: dict[str, float] = {}
         self._all_fresh: _AllFresh | None = None
+        self._failing: dict[str, str] = {}
+        """Jobs whose latest fetch failed, and why: what the failure log lines summarise."""
+        self._logged_kinds: frozenset[str] = frozenset()
         self.version = 0
         """Incremented whenever any entry changes: renderers key their caches on it."""
 
@@ -147,21 +153,50 @@ class JobCache:
         self._expiries[key] = expires
         return expires
 
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def stop_waiting(self) -> None:
+        """From now on no refresh waits for Cerby: a scrape in flight answers with what is
+        cached (the exporter is stopping), and no new fetch starts."""
+        self._closed = True
+        self._stopping.set()
+
+    async def close(self) -> None:
+        self.stop_waiting()
+        tasks = [*self._inflight.values(), *self._checks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def restore(self, job_id: str, job: Job, fetched_at: float) -> None:
+        """Data from the state file, fetched before a restart: fresh for what is left of its
+        TTL (no fetch storm at every rollout), otherwise shown until the next scrape refreshes
+        it."""
+        entry = Entry(job, fetched_at, None)
+        self._known[job_id] = entry
+        due = self._clock() - (self._wall() - fetched_at) + self._policy.seconds(entry)
+        if due > self._clock():
+            self._expiries[job_id] = due - self._policy.seconds(entry)
+            self._fresh[job_id] = entry
+        self.version += 1
+
+    def forget(self, job_id: str) -> None:
+        """Drop everything known of a job that is no longer tracked."""
+        self._known.pop(job_id, None)
+        self._failing.pop(job_id, None)
+        self._fresh.pop(job_id, None)
+        self._expiries.pop(job_id, None)
+        self.version += 1
+
+    def terminal(self, job_id: str) -> bool:
+        """Whether the job's last known data says it is finished or failed."""
+        entry = self._known.get(job_id)
+        return entry is not None and entry.job is not None and entry.job.is_terminal
 
     def peek(self, job_ids: Iterable[str]) -> dict[str, Entry]:
         """What is known now, without fetching anything."""
-        with self._lock:
-            return {i: e for i in job_ids if (e := self._known.get(i)) is not None}
+        return {i: e for i in job_ids if (e := self._known.get(i)) is not None}
 
-    def refresh(self, job_ids: Iterable[str], deadline: float) -> Round:
-        """Bring expired jobs up to date, waiting for fetches until the (monotonic) deadline.
-
-        Fetches still running at the deadline go on and fill the cache for the next scrape.
-        """
+    async def refresh(self, job_ids: Iterable[str], deadline: float) -> Round:
+        """Bring expired jobs up to date, waiting for fetches until the (monotonic) deadline."""
         ids = tuple(job_ids)
         fresh = self._all_fresh
         if (
@@ -173,42 +208,69 @@ class JobCache:
             self._metrics.count_cache(len(ids), 0, 0)
             return Round(fresh.entries, self.key_verdict(), fresh.version)
         counts: Counter[str] = Counter()
-        waiting: list[Future[tuple[Entry, Attempt | None]]] = []
+        waiting: list[asyncio.Task[tuple[Entry, Attempt | None]]] = []
         backed_off = self._gate.closed()
         until = float("inf")
-        with self._lock:
-            round_id = self._round + 1
-            for job_id in ids:
-                if job_id in self._fresh:
-                    counts["hit"] += 1
-                    until = min(until, self._expiries.get(job_id, -float("inf")))
+        round_id = self._round + 1
+        for job_id in ids:
+            if job_id in self._fresh:
+                counts["hit"] += 1
+                until = min(until, self._expiries.get(job_id, -float("inf")))
+                continue
+            known = self._known.get(job_id)
+            counts["stale" if known is not None and known.job is not None else "miss"] += 1
+            task = self._inflight.get(job_id)
+            if task is None:
+                if backed_off or self._closed:
                     continue
-                known = self._known.get(job_id)
-                counts["stale" if known is not None and known.job is not None else "miss"] += 1
-                future = self._inflight.get(job_id)
-                if future is None:
-                    if backed_off or self._closed:
-                        continue
-                    future = self._pool.submit(self._fetch, job_id, deadline, round_id)
-                    self._inflight[job_id] = future
-                    self._round = round_id
-                waiting.append(future)
-            if counts["hit"] == len(ids):
-                fresh = _AllFresh(ids, self.version, until, self._snapshot(ids))
-                self._all_fresh = fresh
+                task = self._start_fetch(job_id, deadline, round_id)
+                self._round = round_id
+            waiting.append(task)
         self._metrics.count_cache(counts["hit"], counts["miss"], counts["stale"])
-        if counts["hit"] == len(ids) and fresh is not None:
+        if counts["hit"] == len(ids):
+            fresh = _AllFresh(ids, self.version, until, self._snapshot(ids))
+            self._all_fresh = fresh
             return Round(fresh.entries, self.key_verdict(), fresh.version)
         if waiting:
-            wait(waiting, timeout=max(0.0, deadline - self._clock()))
-        finished = [f.result() for f in waiting if f.done() and not f.cancelled()]
-        self._log_failures(entry for entry, _ in finished)
-        with self._lock:
-            entries, version = self._snapshot(ids), self.version
-        return Round(entries, self.key_verdict(), version)
+            await self._wait(waiting, deadline)
+        self._log_failures()
+        return Round(self._snapshot(ids), self.key_verdict(), self.version)
+
+    def fetch_soon(self, job_id: str) -> None:
+        """Start fetching a job now, without waiting for it: for a job just heard of."""
+        if job_id in self._fresh or job_id in self._inflight or self._closed:
+            return
+        if self._gate.closed():
+            return
+        self._round += 1
+        self._start_fetch(job_id, self._clock() + self._policy.in_flight, self._round)
+
+    def _start_fetch(
+        self, job_id: str, deadline: float, round_id: int
+    ) -> asyncio.Task[tuple[Entry, Attempt | None]]:
+        task = asyncio.create_task(self._fetch(job_id, deadline, round_id))
+        self._inflight[job_id] = task
+        return task
+
+    async def _wait(self, tasks: Iterable[Awaitable[object]], deadline: float) -> None:
+        """Until every task is done, the deadline passes or the exporter stops. The tasks
+        themselves are never cancelled here: what they bring back serves the next scrape."""
+        if self._stopping.is_set():
+            return
+        every = asyncio.ensure_future(asyncio.wait([asyncio.ensure_future(t) for t in tasks]))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                (every, stop),
+                timeout=max(0.0, deadline - self._clock()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            every.cancel()
+            stop.cancel()
 
     def _snapshot(self, ids: tuple[str, ...]) -> dict[str, Entry]:
-        """The known entries of `ids`, read under the lock the caller holds."""
+        """The known entries of `ids`."""
         return {i: e for i in ids if (e := self._known.get(i)) is not None}
 
     def key_verdict(self) -> bool | None:
@@ -217,65 +279,75 @@ class JobCache:
         A round is the set of fetches one refresh started; its verdict is True if any of them
         got an answer taking our key, so one job's 5xx does not flip it while others succeed.
         """
-        with self._lock:
-            return self._verdicts[max(self._verdicts)] if self._verdicts else None
+        return self._verdicts[max(self._verdicts)] if self._verdicts else None
 
-    def check_key(self, check: Callable[[float], bool | None], deadline: float) -> None:
-        """Run a key check on the pool as a round of its own, waiting until the deadline."""
-        with self._lock:
-            if self._inflight or self._closed:
-                return  # rounds under way will give a verdict
-            self._round += 1
-            round_id = self._round
-        try:
-            future = self._pool.submit(self._run_check, check, deadline, round_id)
-        except RuntimeError:  # closed while we were not holding the lock
-            return
-        wait([future], timeout=max(0.0, deadline - self._clock()))
-
-    def _run_check(
-        self, check: Callable[[float], bool | None], deadline: float, round_id: int
+    async def check_key(
+        self, check: Callable[[float], Awaitable[bool | None]], deadline: float
     ) -> None:
-        verdict = check(deadline)
+        """Run a key check as a round of its own, waiting for it until the deadline."""
+        if self._inflight or self._checks or self._closed:
+            return  # rounds under way will give a verdict
+        self._round += 1
+        task = asyncio.create_task(self._run_check(check, deadline, self._round))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+        await self._wait([task], deadline)
+
+    async def _run_check(
+        self, check: Callable[[float], Awaitable[bool | None]], deadline: float, round_id: int
+    ) -> None:
+        verdict = await check(deadline)
         if verdict is not None:
             self._record_verdict(round_id, verdict)
 
     def _record_verdict(self, round_id: int, accepted: bool) -> None:
-        with self._lock:
-            self._verdicts[round_id] = self._verdicts.get(round_id, False) or accepted
-            for old in [r for r in self._verdicts if r < round_id - 8]:
-                del self._verdicts[old]
+        self._verdicts[round_id] = self._verdicts.get(round_id, False) or accepted
+        for old in [r for r in self._verdicts if r < round_id - 8]:
+            del self._verdicts[old]
 
-    def _fetch(self, job_id: str, deadline: float, round_id: int) -> tuple[Entry, Attempt | None]:
-        """Runs on the pool: fetch, store, and release the single-flight slot, all or nothing."""
+    async def _fetch(
+        self, job_id: str, deadline: float, round_id: int
+    ) -> tuple[Entry, Attempt | None]:
+        """Fetch, store, and release the single-flight slot, all or nothing."""
         attempt: Attempt | None = None
+        result: Job | FetchError | None
         try:
-            result, attempt = self._fetcher.fetch_job(job_id, deadline)
+            async with self._slots:
+                result, attempt = await self._fetcher.fetch_job(job_id, deadline)
         except BackedOff:
             result = None
+        except asyncio.CancelledError:
+            self._inflight.pop(job_id, None)
+            raise
         except Exception as exc:  # a bug must not wedge the job's single-flight slot
             log.error("unexpected error fetching job %s: %s", job_id, type(exc).__name__)
             result = FetchError("transport", type(exc).__name__)
-        with self._lock:
-            previous = self._known.get(job_id) or Entry(None, None, None)
-            if result is None:
-                entry = previous
-            elif isinstance(result, FetchError):
-                self._metrics.count_fetch_error(result.reason)
-                entry = replace(previous, error=result.reason)
-            else:
-                self._note_status(result)
-                entry = Entry(result, self._wall(), None)
-            if result is not None:
-                self._known[job_id] = entry
-                self._fresh[job_id] = entry
-                self.version += 1
-                if len(self._expiries) > 2 * self._known.maxsize:
-                    self._expiries = {i: t for i, t in self._expiries.items() if i in self._known}
-            self._inflight.pop(job_id, None)
+        entry = self._store(job_id, result)
+        self._inflight.pop(job_id, None)
         if attempt is not None and attempt.requests > 0:
             self._record_verdict(round_id, bool(attempt.key_accepted))
         return entry, attempt
+
+    def _store(self, job_id: str, result: Job | FetchError | None) -> Entry:
+        previous = self._known.get(job_id) or Entry(None, None, None)
+        if result is None:
+            return previous
+        if isinstance(result, FetchError):
+            self._metrics.count_fetch_error(result.reason)
+            entry = replace(previous, error=result.reason)
+            self._failing[job_id] = result.reason
+        else:
+            self._failing.pop(job_id, None)
+            self._note_status(result)
+            entry = Entry(result, self._wall(), None)
+            if self.on_stored is not None:
+                self.on_stored(job_id, entry)
+        self._known[job_id] = entry
+        self._fresh[job_id] = entry
+        self.version += 1
+        if len(self._expiries) > 2 * self._known.maxsize:
+            self._expiries = {i: t for i, t in self._expiries.items() if i in self._known}
+        return entry
 
     def _note_status(self, job: Job) -> None:
         raw = job.raw_status
@@ -283,14 +355,21 @@ class JobCache:
             self._unknown_statuses.add(raw)
             log.warning("job %s has a status Cerby does not document: %.40r", job.id, raw)
 
-    def _log_failures(self, entries: Iterable[Entry]) -> None:
-        """One line per round, however many jobs failed in it.
+    def _log_failures(self) -> None:
+        """A failure that goes on is logged when it starts, when it changes (another reason
+        appears or one ends) and when it ends, never once a round.
 
         A refused key and a 429 are not repeated here at warning level: the client logs each
-        once when it starts (and the key again when it is accepted), not once a round.
+        once when it starts (and the key again when it is accepted).
         """
-        reasons = Counter(entry.error for entry in entries if entry.error is not None)
-        if reasons:
-            summary = " ".join(f"{reason}={n}" for reason, n in sorted(reasons.items()))
-            quiet = set(reasons) <= LOGGED_BY_CLIENT
-            log.log(logging.DEBUG if quiet else logging.WARNING, "job fetches failed: %s", summary)
+        reasons = Counter(self._failing.values())
+        kinds = frozenset(reasons)
+        if kinds == self._logged_kinds:
+            return
+        self._logged_kinds = kinds
+        if not kinds:
+            log.info("job fetches no longer failing")
+            return
+        summary = " ".join(f"{reason}={n}" for reason, n in sorted(reasons.items()))
+        quiet = kinds <= LOGGED_BY_CLIENT
+        log.log(logging.DEBUG if quiet else logging.WARNING, "job fetches failing: %s", summary)

@@ -7,12 +7,11 @@ host; redirects are never followed, so it cannot be carried anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 import random
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -28,6 +27,7 @@ from cerby_exporter.backoff import (
 )
 from cerby_exporter.metrics import ExporterMetrics
 from cerby_exporter.model import InvalidJob, Job, parse_job_body
+from cerby_exporter.watched import WatchedFile
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class ApiKey:
     """The key, from the environment or from a file re-read when it changes.
 
     Cerby keys expire; writing a new one to the file takes effect without a restart. Each new key
-    is handed to `on_new_key` (the log redactor) before it is ever used.
+    is handed to `on_new_key` (the log redactor) before it is ever used. The file is looked at
+    at most once every `recheck_seconds`, in a thread.
     """
 
     def __init__(
@@ -86,43 +87,36 @@ class ApiKey:
         on_new_key: Callable[[str], None],
         recheck_seconds: float = 1.0,
     ) -> None:
-        self._fixed = fixed
-        self._path = path
+        self._file = WatchedFile(path) if path is not None else None
         self._on_new_key = on_new_key
         self._recheck = recheck_seconds
-        self._lock = threading.Lock()
+        self._lock = asyncio.Lock()
         self._value = ""
-        self._stamp: tuple[int, int, int] | None = None
         self._checked_at = -float("inf")
         if fixed:
             on_new_key(fixed)
             self._value = fixed
 
-    def get(self) -> str:
-        if self._path is None:
+    async def get(self) -> str:
+        if self._file is None or time.monotonic() - self._checked_at < self._recheck:
             return self._value
-        now = time.monotonic()
-        if now - self._checked_at < self._recheck:
-            return self._value
-        with self._lock:
-            # Stamped after the reload, not before: a thread that saw the stamp fresh must also
+        async with self._lock:
+            # Stamped after the reload, not before: a caller that saw the stamp fresh must also
             # see the key it stands for (at start, an empty one would go out and earn a 401).
-            if now - self._checked_at >= self._recheck:
-                self._reload(self._path)
-                self._checked_at = now
+            if time.monotonic() - self._checked_at >= self._recheck:
+                await asyncio.to_thread(self._reload, self._file)
+                self._checked_at = time.monotonic()
             return self._value
 
-    def _reload(self, path: Path) -> None:
+    def _reload(self, file: WatchedFile) -> None:
         try:
-            info = os.stat(path)
-            stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
-            if stamp == self._stamp:
+            data = file.changed()
+            if data is None:
                 return
-            key = path.read_text(encoding="utf-8").strip()
+            key = data.decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             log.warning("API key file unreadable, keeping the current key: %s", type(exc).__name__)
             return
-        self._stamp = stamp
         if key and key != self._value:
             self._on_new_key(key)
             if self._value:
@@ -152,10 +146,10 @@ class CerbyClient:
         retries: int,
         rate_limit_backoff: float,
         ca_bundle: Path | None = None,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._base = base_url.rstrip("/")
@@ -169,10 +163,9 @@ class CerbyClient:
         self._monotonic = monotonic
         self._sleep = sleep
         self._rand = rand
-        self._key_lock = threading.Lock()
         self._key_rejected = False
         verify: str | bool = str(ca_bundle) if ca_bundle is not None else True
-        self._http = httpx.Client(
+        self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(request_timeout),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -184,10 +177,10 @@ class CerbyClient:
             headers={"Accept": "application/json", "User-Agent": f"cerby-exporter/{__version__}"},
         )
 
-    def close(self) -> None:
-        self._http.close()
+    async def close(self) -> None:
+        await self._http.aclose()
 
-    def fetch_job(self, job_id: str, deadline: float) -> tuple[Job | FetchError, Attempt]:
+    async def fetch_job(self, job_id: str, deadline: float) -> tuple[Job | FetchError, Attempt]:
         """Fetch one job, retrying transient failures while the (monotonic) deadline allows.
 
         Raises `BackedOff` if the rate-limit gate is closed before the first request.
@@ -204,7 +197,7 @@ class CerbyClient:
                 # really had is the one counted, and no further request goes out.
                 return last, Attempt(requests, accepted)
             requests += 1
-            result, code = self._request(job_id)
+            result, code = await self._request(job_id)
             if code is not None:
                 accepted = (accepted or False) or key_accepted(code)
                 self._note_key(code)
@@ -216,16 +209,17 @@ class CerbyClient:
             if not worth_retrying(self._monotonic(), delay, deadline, min(1.0, self._timeout)):
                 return result, Attempt(requests, accepted)
             last = result
-            self._sleep(delay)
+            await self._sleep(delay)
             attempt += 1
 
-    def _request(self, job_id: str) -> tuple[Job | FetchError, int | None]:
+    async def _request(self, job_id: str) -> tuple[Job | FetchError, int | None]:
         """One GET; the job or the classified failure, and the status code if one came."""
         url = f"{self._base}/jobs/{job_id}"
         started = self._monotonic()
         try:
-            with self._http.stream("GET", url, headers={"X-API-Key": self._key.get()}) as response:
-                body, too_big = self._read_capped(response, started)
+            key = await self._key.get()
+            async with self._http.stream("GET", url, headers={"X-API-Key": key}) as response:
+                body, too_big = await self._read_capped(response, started)
         except httpx.TimeoutException:
             self._metrics.observe_failed_request(self._monotonic() - started)
             return FetchError("timeout", f"no answer within {self._timeout:g}s"), None
@@ -249,14 +243,14 @@ class CerbyClient:
         except InvalidJob as exc:
             return FetchError("invalid_response", str(exc), code), code
 
-    def _read_capped(self, response: httpx.Response, started: float) -> tuple[bytes, bool]:
+    async def _read_capped(self, response: httpx.Response, started: float) -> tuple[bytes, bool]:
         """Read at most 1 MiB, within the request timeout even if the server trickles."""
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             return b"", True
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes():
+        async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 return b"", True
@@ -280,9 +274,8 @@ class CerbyClient:
         rejected = code in (401, 403)
         if not rejected and not key_accepted(code):
             return
-        with self._key_lock:
-            changed = rejected != self._key_rejected
-            self._key_rejected = rejected
+        changed = rejected != self._key_rejected
+        self._key_rejected = rejected
         if changed and rejected:
             log.error(
                 "Cerby refuses the API key (HTTP %d): expired, deleted or without the scope "
@@ -293,10 +286,10 @@ class CerbyClient:
         elif changed:
             log.info("Cerby accepts the API key again")
 
-    def check_key(self, deadline: float) -> bool | None:
+    async def check_key(self, deadline: float) -> bool | None:
         """Ask for a job that cannot exist: a 404 proves Cerby is reachable and takes the key."""
         try:
-            _, attempt = self.fetch_job(NIL_JOB_ID, deadline)
+            _, attempt = await self.fetch_job(NIL_JOB_ID, deadline)
         except BackedOff:
             return None
         return bool(attempt.key_accepted)

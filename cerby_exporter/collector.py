@@ -1,6 +1,6 @@
 """From cached jobs to an exposition: the metric contract lives here.
 
-`Collector.scrape()` refreshes what is due, within the scrape's deadline, then writes::
+`Collector.scrape_parts()` refreshes what is due, within the scrape's deadline, then writes::
 
     # HELP cerby_job_status Status of the job, 1 for the current one. Job data is cached ...
     # TYPE cerby_job_status gauge
@@ -23,31 +23,37 @@
     cerby_api_backoff_until_timestamp_seconds 0
     cerby_exporter_build_info{version="0.1.0"} 1
 
-followed by the counters and histogram of `metrics.ExporterMetrics`. Label values Cerby leaves
+followed by the counters and histogram of `metrics.ExporterMetrics` and prometheus_client's
+`process_*` metrics (resident memory, CPU, open fds). Label values Cerby leaves
 null are empty strings. A job with no data yet, or data too old to trust, keeps only
 `cerby_job_fetch_success` (at 0).
 
 The job part (the per-job families and `cerby_jobs`, nearly all of the bytes) is a `JobPart`:
 rendered once per change of the data behind it and compressed at most once, then sent as is by
-every scrape until the next change. Only the health and self-metrics lines are written per scrape.
+every scrape until the next change. The health and self-metrics lines, a few dozen, are rendered
+by prometheus_client from the exporter's own registry for every scrape.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from cerby_exporter import __version__
 from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.cache import Entry, JobCache, Round, TTLPolicy
 from cerby_exporter.client import CerbyClient
 from cerby_exporter.exposition import GzipPrefix, gzip_prefix, header, sample
-from cerby_exporter.filebytes import FileBytes
 from cerby_exporter.jobids import JobIdSource
+from cerby_exporter.landing import Row
 from cerby_exporter.metrics import ExporterMetrics
 from cerby_exporter.model import STATUSES, Job
 
@@ -200,7 +206,7 @@ class JobPart:
     is one gzip member: this part deflated once (`gzip_prefix`), then the rest of the scrape.
     """
 
-    __slots__ = ("_gzip", "_lock", "body", "ids", "stale", "valid_until", "version")
+    __slots__ = ("_gzip", "body", "ids", "stale", "valid_until", "version")
 
     def __init__(
         self, ids: tuple[str, ...], version: int, valid_until: float, body: bytes, stale: int
@@ -211,8 +217,7 @@ class JobPart:
         self.body = body
         self.stale = stale
         """Tracked jobs whose data is too old to show (`cerby_stale_jobs`)."""
-        self._gzip: tuple[GzipPrefix, FileBytes] | None = None
-        self._lock = threading.Lock()
+        self._gzip: asyncio.Future[GzipPrefix] | None = None
 
     def serves(self, ids: tuple[str, ...], version: int, now: float) -> bool:
         """True if these bytes are what the entries of `version` render to at `now`."""
@@ -223,14 +228,98 @@ class JobPart:
             and now <= self.valid_until
         )
 
-    def gzip_prefix(self) -> tuple[GzipPrefix, FileBytes]:
-        """The body deflated, by the first scrape that asks for it, for `gzip_tail`; and its
-        deflated bytes in a file, for the server to send with sendfile()."""
-        with self._lock:
-            if self._gzip is None:
-                prefix = gzip_prefix(self.body)
-                self._gzip = (prefix, FileBytes(prefix.deflated))
-            return self._gzip
+    async def gzip_prefix(self) -> GzipPrefix:
+        """The body deflated, once, by the first scrape that asks for it, in a thread (zlib
+        lets the loop go on meanwhile); concurrent scrapes wait for the same result."""
+        if self._gzip is None:
+            self._gzip = asyncio.ensure_future(asyncio.to_thread(gzip_prefix, self.body))
+        return await asyncio.shield(self._gzip)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The exporter's health as of one scrape: what `HealthCollector` yields."""
+
+    up: bool = False
+    scrape_duration: float = 0.0
+    tracked: Mapping[str, int] = field(default_factory=lambda: {"configured": 0, "webhook": 0})
+    stale: int = 0
+    backoff_until: float = 0.0
+
+
+class HealthCollector:
+    """The health gauges, for the exporter's own registry. Yields (values illustrative)::
+
+    # HELP cerby_up 1 if the latest API round reached Cerby and it took the key.
+    # TYPE cerby_up gauge
+    cerby_up 1.0
+    # HELP cerby_scrape_duration_seconds Seconds this scrape spent refreshing job data ...
+    # TYPE cerby_scrape_duration_seconds gauge
+    cerby_scrape_duration_seconds 0.012
+    # HELP cerby_tracked_jobs Job IDs tracked, by source: configured, or learned from webhooks.
+    # TYPE cerby_tracked_jobs gauge
+    cerby_tracked_jobs{source="configured"} 20.0
+    cerby_tracked_jobs{source="webhook"} 3.0
+    # HELP cerby_stale_jobs Tracked jobs whose data is too old to show ...
+    # TYPE cerby_stale_jobs gauge
+    cerby_stale_jobs 0.0
+    # HELP cerby_api_backoff_until_timestamp_seconds When the rate-limit back-off ends ...
+    # TYPE cerby_api_backoff_until_timestamp_seconds gauge
+    cerby_api_backoff_until_timestamp_seconds 0.0
+    # HELP cerby_exporter_build_info Version of the exporter, value 1.
+    # TYPE cerby_exporter_build_info gauge
+    cerby_exporter_build_info{version="0.1.0"} 1.0
+    """
+
+    def __init__(self, max_staleness: float) -> None:
+        self.current = Health()
+        self._stale_help = (
+            "Tracked jobs whose data is too old to show (refreshes failing for longer "
+            f"than {max_staleness:g}s past due)."
+        )
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        health = self.current
+        yield GaugeMetricFamily(
+            "cerby_up",
+            "1 if the latest API round reached Cerby and it took the key.",
+            value=float(health.up),
+        )
+        yield GaugeMetricFamily(
+            "cerby_scrape_duration_seconds",
+            "Seconds this scrape spent refreshing job data from Cerby.",
+            value=health.scrape_duration,
+        )
+        tracked = GaugeMetricFamily(
+            "cerby_tracked_jobs",
+            "Job IDs tracked, by source: configured (flags and the job-ID file), or learned "
+            "from webhooks.",
+            labels=["source"],
+        )
+        for source, count in health.tracked.items():
+            tracked.add_metric([source], count)
+        yield tracked
+        yield GaugeMetricFamily("cerby_stale_jobs", self._stale_help, value=health.stale)
+        yield GaugeMetricFamily(
+            "cerby_api_backoff_until_timestamp_seconds",
+            "When the rate-limit back-off ends, 0 when none is in force.",
+            value=health.backoff_until,
+        )
+        build = GaugeMetricFamily(
+            "cerby_exporter_build_info", "Version of the exporter, value 1.", labels=["version"]
+        )
+        build.add_metric([__version__], 1)
+        yield build
+
+
+def render_registry(registry: CollectorRegistry, openmetrics: bool) -> bytes:
+    """prometheus_client's exposition of `registry`; OpenMetrics' ends with `# EOF`."""
+    if openmetrics:
+        return openmetrics_exposition.generate_latest(registry)  # type: ignore[no-any-return,no-untyped-call]
+    return generate_latest(registry)
 
 
 class Collector:
@@ -245,6 +334,8 @@ class Collector:
         client: CerbyClient,
         metrics: ExporterMetrics,
         gate: RateLimitGate,
+        registry: CollectorRegistry,
+        health: HealthCollector,
         *,
         default_scrape_timeout: float,
         scrape_timeout_offset: float,
@@ -263,80 +354,91 @@ class Collector:
         self._wall = wall_clock
         self._help = view.help_texts()
         self._metrics = metrics
-        self._lock = threading.Lock()
+        self._registry = registry
+        self._health = health
         self._rendered: dict[str, tuple[Entry | None, float, bool, tuple[str, ...]]] = {}
         """Per job: the entry, until when it is shown, whether it was, and its lines."""
-        self._render_lock = threading.Lock()
         self._job_part: JobPart | None = None
         self.job_part_renders = 0
         """How many times the job part was rendered: once per change, not once per scrape."""
         self._key_checked_at = -float("inf")
-        self.ready = threading.Event()
+        self.ready = asyncio.Event()
         """Set once the first collection has been attempted, whatever its outcome."""
 
     def tracked(self) -> tuple[str, ...]:
         return self._ids.current()
 
-    def known(self) -> dict[str, Entry]:
-        """Entries of the tracked jobs, without fetching: for the landing page."""
-        return self._cache.peek(self._ids.current())
+    def landing_rows(self) -> list[Row]:
+        """The tracked jobs as the landing page shows them, without fetching anything."""
+        ids = self._ids.current()
+        entries = self._cache.peek(ids)
+        now = self._wall()
+        rows = []
+        for job_id in ids:
+            entry = entries.get(job_id)
+            stale = (
+                entry is not None
+                and entry.job is not None
+                and now > shown_until(entry, self._policy, self._view.max_staleness)
+            )
+            rows.append(Row(job_id, entry, stale))
+        return rows
 
-    def warm_up(self) -> None:
+    async def warm_up(self) -> None:
         """One collection at start, so readiness does not wait for Prometheus' first scrape."""
-        self._refresh(self._ids.current(), self._clock() + self._default_timeout)
+        await self._ids.reload()
+        await self._refresh(self._ids.current(), self._clock() + self._default_timeout)
 
-    def scrape(self, timeout_header: str | None, openmetrics: bool) -> bytes:
-        jobs, rest = self.scrape_parts(timeout_header, openmetrics)
-        return jobs.body + rest
-
-    def scrape_parts(self, timeout_header: str | None, openmetrics: bool) -> tuple[JobPart, bytes]:
+    async def scrape_parts(
+        self, timeout_header: str | None, openmetrics: bool
+    ) -> tuple[JobPart, bytes]:
         """The exposition in two parts: the job part, shared by scrapes until its data changes,
-        and the rest (health and self-metrics, ending in `# EOF` for OpenMetrics), written for
+        and the rest (health and self-metrics, ending in `# EOF` for OpenMetrics), rendered for
         this scrape. The job part is the same in both formats."""
         started = self._clock()
+        await self._ids.reload()
         ids = self._ids.current()
         deadline = started + scrape_budget(timeout_header, self._default_timeout, self._offset)
-        result = self._refresh(ids, deadline)
+        result = await self._refresh(ids, deadline)
         duration = self._clock() - started
         jobs = self._jobs(ids, result)
-        health = self._render_health(len(ids), jobs.stale, duration)
-        return jobs, health + self._own_metrics(openmetrics)
-
-    def _own_metrics(self, openmetrics: bool) -> bytes:
-        """The counters and histogram, ending in `# EOF` for OpenMetrics; written directly,
-        as prometheus_client would, since a warm scrape has little else to do."""
-        own = self._metrics.render(openmetrics)
-        return own + b"# EOF\n" if openmetrics else own
+        self._health.current = Health(
+            up=bool(self._cache.key_verdict()),
+            scrape_duration=duration,
+            tracked=self._ids.counts(),
+            stale=jobs.stale,
+            backoff_until=self._gate.until if self._gate.closed() else 0.0,
+        )
+        return jobs, render_registry(self._registry, openmetrics)
 
     def _jobs(self, ids: tuple[str, ...], result: Round) -> JobPart:
         """The job part for this scrape: the one already made if it still stands, else anew."""
         now = self._wall()
-        with self._render_lock:
-            part = self._job_part
-            if part is not None and part.serves(ids, result.version, now):
-                return part
-            body, stale, valid_until = self._render_jobs(ids, result.entries, now=now)
-            part = JobPart(ids, result.version, valid_until, body, stale)
-            self._job_part = part
-            self.job_part_renders += 1
+        part = self._job_part
+        if part is not None and part.serves(ids, result.version, now):
             return part
+        body, stale, valid_until = self._render_jobs(ids, result.entries, now=now)
+        part = JobPart(ids, result.version, valid_until, body, stale)
+        self._job_part = part
+        self.job_part_renders += 1
+        return part
 
-    def probe(self, job_id: str, timeout_header: str | None, openmetrics: bool) -> bytes:
+    async def probe(self, job_id: str, timeout_header: str | None, openmetrics: bool) -> bytes:
         """The per-job families of one job, through the same cache as `/metrics`."""
         started = self._clock()
         deadline = started + scrape_budget(timeout_header, self._default_timeout, self._offset)
-        entries = self._cache.refresh([job_id], deadline).entries
+        entries = (await self._cache.refresh([job_id], deadline)).entries
         body, _, _ = self._render_jobs((job_id,), entries, aggregate=False)
         return body + (b"# EOF\n" if openmetrics else b"")
 
-    def _refresh(self, ids: Sequence[str], deadline: float) -> Round:
+    async def _refresh(self, ids: Sequence[str], deadline: float) -> Round:
         """Refresh what is due; with nothing to fetch, a key check keeps `cerby_up` honest."""
-        result = self._cache.refresh(ids, deadline)
+        result = await self._cache.refresh(ids, deadline)
         now = self._clock()
         never_asked = result.key_accepted is None
         if never_asked or (not ids and now - self._key_checked_at >= self._policy.in_flight):
             self._key_checked_at = now
-            self._cache.check_key(self._client.check_key, deadline)
+            await self._cache.check_key(self._client.check_key, deadline)
         self.ready.set()
         return result
 
@@ -354,36 +456,35 @@ class Collector:
         shown: list[Job] = []
         stale = 0
         valid_until = float("inf")
-        with self._lock:
-            memo = self._rendered
-            for job_id in ids:
-                entry = entries.get(job_id)
-                cached = memo.get(job_id)
-                if cached is not None and cached[0] is entry:
-                    until = cached[1]
-                else:
-                    cached = None
-                    until = (
-                        -float("inf")
-                        if entry is None
-                        else shown_until(entry, self._policy, self._view.max_staleness)
-                    )
-                visible = now <= until
-                if cached is not None and cached[2] == visible:
-                    lines = cached[3]
-                else:
-                    lines = render_job(job_id, entry, visible, self._view)
-                    memo[job_id] = (entry, until, visible, lines)
-                rows.append(lines)
-                if entry is None or entry.job is None:
-                    continue
-                if visible:
-                    shown.append(entry.job)
-                    valid_until = min(valid_until, until)
-                else:
-                    stale += 1
-            if len(memo) > 2 * max(len(ids), 1) + 1000:
-                self._rendered = {i: memo[i] for i in ids if i in memo}
+        memo = self._rendered
+        for job_id in ids:
+            entry = entries.get(job_id)
+            cached = memo.get(job_id)
+            if cached is not None and cached[0] is entry:
+                until = cached[1]
+            else:
+                cached = None
+                until = (
+                    -float("inf")
+                    if entry is None
+                    else shown_until(entry, self._policy, self._view.max_staleness)
+                )
+            visible = now <= until
+            if cached is not None and cached[2] == visible:
+                lines = cached[3]
+            else:
+                lines = render_job(job_id, entry, visible, self._view)
+                memo[job_id] = (entry, until, visible, lines)
+            rows.append(lines)
+            if entry is None or entry.job is None:
+                continue
+            if visible:
+                shown.append(entry.job)
+                valid_until = min(valid_until, until)
+            else:
+                stale += 1
+        if len(memo) > 2 * max(len(ids), 1) + 1000:
+            self._rendered = {i: memo[i] for i in ids if i in memo}
         # One join per family over every job's line (an empty string where a job has none).
         columns = zip(*rows, strict=True) if rows else [()] * len(JOB_FAMILIES)
         parts: list[str] = []
@@ -396,33 +497,3 @@ class Collector:
                 labels = [("workflow_type", workflow), ("provider", provider), ("status", status)]
                 parts.append(sample("cerby_jobs", labels, count))
         return "".join(parts).encode(), stale, valid_until
-
-    def _render_health(self, tracked: int, stale: int, duration: float) -> bytes:
-        up = bool(self._cache.key_verdict())
-        backoff_until = self._gate.until if self._gate.closed() else 0.0
-        return "".join(
-            (
-                header("cerby_up", "1 if the latest API round reached Cerby and it took the key."),
-                sample("cerby_up", (), up),
-                header(
-                    "cerby_scrape_duration_seconds",
-                    "Seconds this scrape spent refreshing job data from Cerby.",
-                ),
-                sample("cerby_scrape_duration_seconds", (), duration),
-                header("cerby_tracked_jobs", "Job IDs configured for collection."),
-                sample("cerby_tracked_jobs", (), tracked),
-                header(
-                    "cerby_stale_jobs",
-                    "Tracked jobs whose data is too old to show (refreshes failing for longer "
-                    f"than {self._view.max_staleness:g}s past due).",
-                ),
-                sample("cerby_stale_jobs", (), stale),
-                header(
-                    "cerby_api_backoff_until_timestamp_seconds",
-                    "When the rate-limit back-off ends, 0 when none is in force.",
-                ),
-                sample("cerby_api_backoff_until_timestamp_seconds", (), backoff_until),
-                header("cerby_exporter_build_info", "Version of the exporter, value 1."),
-                sample("cerby_exporter_build_info", [("version", __version__)], 1),
-            )
-        ).encode()

@@ -46,9 +46,9 @@ EMPTY_PREFIX: Final = GzipPrefix(_GZIP_HEADER, 0, 0)
 def gzip_tail(prefix: GzipPrefix, tail: bytes) -> bytes:
     """What follows `prefix.deflated` to make one gzip member of the prefix's data and `tail`.
 
-    The tail (health and self-metrics, a few KiB new with every scrape) goes in stored deflate
-    blocks, not compressed: deflating it took longer than all the rest of a warm scrape's work,
-    to save about 2 KiB on an answer whose job part is compressed.
+    The tail (health and self-metrics, new with every scrape) goes in stored deflate blocks, not
+    compressed: deflating it cost more than the rest of a warm scrape's work, for a few bytes
+    saved on an answer whose job part is compressed (docs/performance.md).
     """
     trailer = struct.pack(
         "<II", zlib.crc32(tail, prefix.crc), (prefix.size + len(tail)) & 0xFFFFFFFF
@@ -82,23 +82,6 @@ def gzip_finish(prefix: GzipPrefix, tail: bytes) -> bytes:
 
 def gzip_member(data: bytes) -> bytes:
     return gzip_finish(EMPTY_PREFIX, data)
-
-
-def go_float(value: float) -> str:
-    """A sample value as prometheus_client writes it (Go's float formatting)."""
-    if type(value) is int and 0 <= value < 1_000_000:  # counters: the common case, made quick
-        return f"{value}.0"
-    number = float(value)
-    if math.isinf(number):
-        return "+Inf" if number > 0 else "-Inf"
-    if math.isnan(number):
-        return "NaN"
-    text = repr(number)
-    dot = text.find(".")
-    if number > 0 and dot > 6:
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return text
 
 
 def escape_label_value(value: str) -> str:

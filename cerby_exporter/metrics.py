@@ -1,20 +1,18 @@
 """The exporter's own counters and histogram: how it talks to Cerby and how its cache fares.
 
-Kept as plain thread-safe numbers behind a custom collector rather than prometheus_client's
-Counter objects, so that no `_created` series double the output and nothing global is touched.
+Kept as plain numbers behind a custom collector, which prometheus_client renders, rather than
+its Counter objects: no `_created` series double the output, and no global registry is touched.
+Every change happens on the event loop, so the numbers need no lock.
 """
 
 from __future__ import annotations
 
 import bisect
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-
-from cerby_exporter.exposition import escape_label_value, go_float
 
 FETCH_ERROR_REASONS: Final = (
     "not_found",
@@ -27,7 +25,6 @@ FETCH_ERROR_REASONS: Final = (
 )
 CACHE_RESULTS: Final = ("hit", "miss", "stale")
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_Pairs = list[tuple[str, int]]
 _BOUNDS: Final = (*map(str, DURATION_BUCKETS), "+Inf")
 
 REQUESTS: Final = "cerby_api_requests"
@@ -47,31 +44,6 @@ CACHE_REQUESTS_HELP: Final = (
     "Job lookups in the cache, by result: hit (fresh), stale (expired, refreshed), "
     "miss (no data yet)."
 )
-
-
-def _family_header(name: str, help_text: str, kind: str, openmetrics: bool) -> str:
-    """HELP and TYPE as prometheus_client writes them: a counter is named with `_total` in the
-    text format and without it in OpenMetrics, whose HELP also escapes double quotes."""
-    if openmetrics:
-        help_text = escape_label_value(help_text)
-    else:
-        name = name + "_total" if kind == "counter" else name
-        help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
-
-
-_HEADERS: Final = {
-    openmetrics: {
-        name: _family_header(name, help_text, kind, openmetrics)
-        for name, help_text, kind in (
-            (REQUESTS, REQUESTS_HELP, "counter"),
-            (DURATION, DURATION_HELP, "histogram"),
-            (FETCH_ERRORS, FETCH_ERRORS_HELP, "counter"),
-            (CACHE_REQUESTS, CACHE_REQUESTS_HELP, "counter"),
-        )
-    }
-    for openmetrics in (False, True)
-}
 
 
 class ExporterMetrics:
@@ -98,7 +70,6 @@ class ExporterMetrics:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._responses: Counter[str] = Counter()
         self._errors: Counter[str] = Counter(dict.fromkeys(FETCH_ERROR_REASONS, 0))
         self._cache: Counter[str] = Counter(dict.fromkeys(CACHE_RESULTS, 0))
@@ -106,40 +77,33 @@ class ExporterMetrics:
         self._duration_sum = 0.0
 
     def observe_response(self, code: int, seconds: float) -> None:
-        with self._lock:
-            self._responses[str(code)] += 1
-            self._observe(seconds)
+        self._responses[str(code)] += 1
+        self._observe(seconds)
 
     def observe_failed_request(self, seconds: float) -> None:
         """A request that got no response (timeout, reset): timed, but it has no code."""
-        with self._lock:
-            self._observe(seconds)
+        self._observe(seconds)
 
     def _observe(self, seconds: float) -> None:
         self._bucket_counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
         self._duration_sum += seconds
 
     def count_fetch_error(self, reason: str) -> None:
-        with self._lock:
-            self._errors[reason] += 1
+        self._errors[reason] += 1
 
     def count_cache(self, hits: int, misses: int, stale: int) -> None:
-        with self._lock:
-            self._cache["hit"] += hits
-            self._cache["miss"] += misses
-            self._cache["stale"] += stale
+        self._cache["hit"] += hits
+        self._cache["miss"] += misses
+        self._cache["stale"] += stale
 
     def fetch_errors(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._errors)
+        return dict(self._errors)
 
     def responses(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._responses)
+        return dict(self._responses)
 
     def cache_results(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._cache)
+        return dict(self._cache)
 
     def describe(self) -> list[Metric]:
         """Declared so that registering this collector does not call `collect()`."""
@@ -151,38 +115,17 @@ class ExporterMetrics:
         list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, int]], list[int], float
     ]:
         """Every number at one instant, each histogram bucket counted cumulatively."""
-        with self._lock:
-            responses = sorted(self._responses.items(), key=lambda item: int(item[0]))
-            errors = list(self._errors.items())
-            cache = list(self._cache.items())
-            counts = list(self._bucket_counts)
-            total = self._duration_sum
+        responses = sorted(self._responses.items(), key=lambda item: int(item[0]))
+        errors = list(self._errors.items())
+        cache = list(self._cache.items())
+        counts = list(self._bucket_counts)
+        total = self._duration_sum
         for n in range(1, len(counts)):
             counts[n] += counts[n - 1]
         return responses, errors, cache, counts, total
 
-    def render(self, openmetrics: bool) -> bytes:
-        """The exposition of `collect()`, byte for byte as prometheus_client writes it (a test
-        holds the two equal) in a tenth of its time: a warm scrape has little else to do, and
-        these lines change with every scrape. OpenMetrics' `# EOF` is the caller's to add."""
-        responses, errors, cache, counts, total = self._snapshot()
-        headers = _HEADERS[openmetrics]
-        out = [headers[REQUESTS]]
-        out.extend(f'{REQUESTS}_total{{code="{c}"}} {go_float(v)}\n' for c, v in responses)
-        out.append(headers[DURATION])
-        out.extend(
-            f'{DURATION}_bucket{{le="{bound}"}} {go_float(n)}\n'
-            for bound, n in zip(_BOUNDS, counts, strict=True)
-        )
-        out.append(f"{DURATION}_count {go_float(counts[-1])}\n{DURATION}_sum {go_float(total)}\n")
-        out.append(headers[FETCH_ERRORS])
-        out.extend(f'{FETCH_ERRORS}_total{{reason="{r}"}} {go_float(v)}\n' for r, v in errors)
-        out.append(headers[CACHE_REQUESTS])
-        out.extend(f'{CACHE_REQUESTS}_total{{result="{r}"}} {go_float(v)}\n' for r, v in cache)
-        return "".join(out).encode()
-
     def collect(self) -> Iterator[Metric]:
-        """The same numbers as prometheus_client families, for a registry to read."""
+        """The numbers as prometheus_client families, for the exporter's registry."""
         responses, errors, cache, counts, total = self._snapshot()
         requests = CounterMetricFamily(REQUESTS, REQUESTS_HELP, labels=["code"])
         for code, value in responses:

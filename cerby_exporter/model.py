@@ -147,3 +147,37 @@ def _str(value: object) -> str | None:
 
 def _bool(value: object) -> bool | None:
     return value if isinstance(value, bool) else None
+
+
+def job_document(job: Job) -> bytes:
+    """The job as an API answer again, for the state file: `parse_job_body` reads it back.
+
+    Only what the exporter keeps is written; a restart serves the same labels and values.
+    """
+    error = job.error
+    attributes: dict[str, Any] = {
+        "status": job.raw_status,
+        "workflowType": job.workflow_type,
+        "trigger": job.trigger,
+        "account": {"id": job.account_id, "name": job.account_name, "provider": job.provider},
+        "createdBy": {"id": job.creator_id, "name": job.creator_name},
+        "canRetry": job.can_retry,
+        "createdAt": _iso(job.created_at),
+        "updatedAt": _iso(job.updated_at),
+        "errorDetails": {}
+        if error is None
+        else {
+            "errorType": error.error_type,
+            "userRequired": error.user_required,
+            "screenshotUrl": error.screenshot_url,
+        },
+        "hasMoreDetails": job.has_more_details,
+    }
+    document = {"data": {"id": job.id, "type": "job", "attributes": attributes}}
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()

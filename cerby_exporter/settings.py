@@ -7,6 +7,7 @@ The field list below is the single description of the options: the CLI builds it
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -30,11 +31,25 @@ ENV_PREFIX: Final = "CERBY_"
 
 
 class SettingsError(ValueError):
-    """A bad setting, worded as one line that names the flag and the variable."""
+    """Bad settings, each problem worded as one line that names the flag and the variable."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"invalid {describe(field)}: {message}")
         self.field = field
+        self.lines: tuple[str, ...] = (str(self),)
+
+    @classmethod
+    def every(cls, problems: list[SettingsError]) -> SettingsError:
+        """One error standing for all of `problems`: a person fixes them in one go."""
+        if len(problems) == 1:
+            return problems[0]
+        combined = cls(problems[0].field, "")
+        combined.lines = tuple(line for problem in problems for line in problem.lines)
+        combined.args = ("\n".join(combined.lines),)
+        return combined
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def _flag(name: str, help_text: str, **kwargs: Any) -> Any:
@@ -136,6 +151,31 @@ class Settings(BaseSettings):
         "TLS and basic-auth configuration, in the Prometheus exporter-toolkit format.",
         default=None,
     )
+    webhook_keys_file: Path | None = _flag(
+        "--webhook.keys-file",
+        "YAML file of Cerby's webhook signing keys; enables the webhook receiver. Re-read when "
+        "it changes.",
+        default=None,
+    )
+    webhook_path: str = _flag(
+        "--webhook.path", "Path the webhook receiver answers POSTs on.", default="/webhooks/cerby"
+    )
+    webhook_listen_address: str | None = _flag(
+        "--webhook.listen-address",
+        "A second address serving only the webhook path (for an Ingress that publishes it alone).",
+        default=None,
+    )
+    state_path: Path = _flag(
+        "--state.path",
+        "SQLite file keeping learned jobs, webhook events and job data across restarts.",
+        default=Path("cerby-exporter-state.sqlite"),
+    )
+    job_retention: float = _flag(
+        "--job-retention",
+        "Seconds a learned job in a terminal state is kept with no event about it.",
+        default=604800.0,
+        gt=0,
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _flag(
         "--log.level", "Least severe level logged.", default="info"
     )
@@ -172,10 +212,19 @@ class Settings(BaseSettings):
             raise ValueError("must be a workspace name such as 'acme' (lower case, digits, -)")
         return value
 
-    @field_validator("listen_address")
+    @field_validator("listen_address", "webhook_listen_address")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_listen_address(value)
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen_address(value)
+        return value
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _check_webhook_path(cls, value: str) -> str:
+        reserved = {"/", "/metrics", "/probe", "/healthz", "/readyz"}
+        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value) or value in reserved:
+            raise ValueError("must be a path such as /webhooks/cerby, not one of the exporter's")
         return value
 
     @property
@@ -228,17 +277,18 @@ class Loaded:
 def load(flags: dict[str, Any]) -> Loaded:
     """Build settings from the environment, with flags winning, and check them all.
 
-    Raises `SettingsError` with a single line for the first problem found.
+    Raises `SettingsError` with a line for every problem found.
     """
     try:
         settings = Settings(**flags)
     except ValidationError as exc:
-        raise _first_error(exc) from None
+        raise SettingsError.every(
+            [_one_error(e) for e in exc.errors(include_url=False, include_input=False)]
+        ) from None
     return Loaded(settings, check(settings))
 
 
-def _first_error(exc: ValidationError) -> SettingsError:
-    error = exc.errors(include_url=False, include_input=False)[0]
+def _one_error(error: Any) -> SettingsError:
     field = str(error["loc"][0]) if error["loc"] else "settings"
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
@@ -247,38 +297,68 @@ def _first_error(exc: ValidationError) -> SettingsError:
 
 
 def check(settings: Settings) -> tuple[str, ...]:
-    """Cross-field and file checks; returns every job ID to track, merged and de-duplicated."""
+    """Cross-field and file checks; returns every job ID to track, merged and de-duplicated.
+
+    Every problem is collected before raising, so one run of `--check-config` lists them all.
+    """
+    problems: list[SettingsError] = []
+
+    def attempt(work: Callable[..., object], *args: Any) -> None:
+        try:
+            work(*args)
+        except SettingsError as exc:
+            problems.append(exc)
+
     if not settings.demo:
-        if settings.base_url is None:
-            raise SettingsError("api_url", "required (or --workspace, or --demo)")
-        if settings.api_key is None and settings.api_key_file is None:
-            raise SettingsError("api_key_file", "an API key is required (or CERBY_API_KEY)")
-        if settings.api_key is not None and not settings.api_key.get_secret_value().strip():
-            raise SettingsError("api_key", "is empty")
-    if settings.api_key_file is not None and not settings.demo:
-        read_key_file(settings.api_key_file)
-    for field in ("ca_bundle", "web_config_file"):
+        attempt(_check_api, settings)
+        if settings.api_key_file is not None:
+            attempt(read_key_file, settings.api_key_file)
+    for field in ("ca_bundle", "web_config_file", "webhook_keys_file"):
         path = getattr(settings, field)
         if path is not None:
-            _read_text(field, path)
+            attempt(_read_text, field, path)
     for job_id in settings.job_ids:
         if not is_job_id(job_id):
-            raise SettingsError("job_ids", f"{job_id[:40]!r} is not a job ID (8-4-4-4-12 hex)")
-    from_file: tuple[str, ...] = ()
-    if settings.job_ids_file is not None:
-        parsed = parse_job_ids_file(_read_text("job_ids_file", settings.job_ids_file))
-        if parsed.bad_lines:
-            number, content = parsed.bad_lines[0]
-            raise SettingsError(
-                "job_ids_file", f"line {number}: {content[:40]!r} is not a job ID (8-4-4-4-12 hex)"
+            problems.append(
+                SettingsError("job_ids", f"{job_id[:40]!r} is not a job ID (8-4-4-4-12 hex)")
             )
-        from_file = parsed.ids
-    ids = merge((normalize_job_id(i) for i in settings.job_ids), from_file)
+    from_file: list[tuple[str, ...]] = [()]
+    if settings.job_ids_file is not None:
+        attempt(lambda path: from_file.append(_file_job_ids(path)), settings.job_ids_file)
+    ids = merge((normalize_job_id(i) for i in settings.job_ids if is_job_id(i)), from_file[-1])
     if len(ids) > settings.max_jobs:
-        raise SettingsError(
-            "max_jobs", f"{len(ids)} job IDs given, more than the cap of {settings.max_jobs}"
+        problems.append(
+            SettingsError(
+                "max_jobs", f"{len(ids)} job IDs given, more than the cap of {settings.max_jobs}"
+            )
         )
+    if problems:
+        raise SettingsError.every(problems)
     return ids
+
+
+def _check_api(settings: Settings) -> None:
+    if settings.base_url is None:
+        raise SettingsError("api_url", "required (or --workspace, or --demo)")
+    if settings.api_key is None and settings.api_key_file is None:
+        raise SettingsError("api_key_file", "an API key is required (or CERBY_API_KEY)")
+    if settings.api_key is not None and not settings.api_key.get_secret_value().strip():
+        raise SettingsError("api_key", "is empty")
+
+
+def _file_job_ids(path: Path) -> tuple[str, ...]:
+    parsed = parse_job_ids_file(_read_text("job_ids_file", path))
+    if parsed.bad_lines:
+        number, content = parsed.bad_lines[0]
+        raise SettingsError(
+            "job_ids_file", f"line {number}: {content[:40]!r} is not a job ID (8-4-4-4-12 hex)"
+        )
+    return parsed.ids
+
+
+def watches_nothing(settings: Settings, job_ids: tuple[str, ...]) -> bool:
+    """No job ID configured and no webhooks: only `/probe` targets would ever be collected."""
+    return not settings.demo and not job_ids and settings.webhook_keys_file is None
 
 
 def read_key_file(path: Path) -> str:
@@ -306,6 +386,8 @@ def effective(settings: Settings) -> dict[str, str]:
         value = getattr(settings, field)
         if field == "api_key":
             text = "<redacted>" if value is not None else ""
+        elif field == "api_url":
+            text = settings.base_url or ""
         elif value is None:
             text = ""
         elif isinstance(value, tuple):

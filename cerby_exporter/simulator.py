@@ -12,12 +12,18 @@ A control API for tests from other processes, which needs no key:
     PUT /_sim/faults        {"latency", "status", "rate", "malformed", "fault", "retry_after",
                              "count"}
     PUT /_sim/key           {"key": "..."}
-    GET /_sim/stats         {"requests", "by_job", "injected"}
+    GET /_sim/stats         {"requests", "by_job", "injected", "webhooks"}
+    POST /_sim/events       {"job_id": "..."} sends that job's events now; {} an account.created
+
+With webhook delivery configured (`Simulator(..., webhooks=...)` or `deliver_to()`), the
+workspace also behaves as Cerby's webhooks do: see `simulator_webhooks`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import random
 import re
@@ -28,11 +34,17 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar, Final
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from cerby_exporter.simulator_webhooks import WebhookDelivery, WebhookFeed, failure_code
 
 FAULTS: Final = (
     "malformed",
@@ -133,9 +145,11 @@ class Workspace:
         *,
         clock: Callable[[], float] = time.time,
         seed: int = 0,
+        workspace_id: str | None = None,
     ) -> None:
         self._jobs = jobs
         self.api_key = api_key
+        self.workspace_id = workspace_id or str(uuid.uuid5(DEMO_NAMESPACE, "workspace"))
         self._clock = clock
         self.started = clock()
         self.faults = Faults()
@@ -144,7 +158,26 @@ class Workspace:
         self.requests = 0
         self.by_job: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
-        self.stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the simulator's server runs on; pauses end early when it stops."""
+        self._loop = loop
+        self._stopping = asyncio.Event()
+
+    async def pause(self, seconds: float) -> None:
+        """Wait `seconds` (latency, a hang), or less if the simulator stops meanwhile."""
+        if self._stopping is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def stop(self) -> None:
+        """Called on the simulator's loop."""
+        if self._stopping is not None:
+            self._stopping.set()
 
     def set_job(self, job_id: str, changes: Attributes) -> None:
         with self._lock:
@@ -165,6 +198,53 @@ class Workspace:
         with self._lock:
             job = self._jobs.get(job_id)
             return None if job is None else job.attributes(self.started, self._clock())
+
+    def statuses(self) -> dict[str, Any]:
+        """The status of every job that exists now, for the webhooks to see which ones ended."""
+        with self._lock:
+            now = self._clock()
+            result = {}
+            for job_id, job in self._jobs.items():
+                attributes = job.attributes(self.started, now)
+                if attributes is not None:
+                    result[job_id] = attributes.get("status")
+            return result
+
+    def spawn_job(
+        self, rand: random.Random, *, duration: float, fails: bool, new_account: bool
+    ) -> tuple[str, Attributes]:
+        """Start a job nobody configured, as policy rotations and deprovisionings do: created now,
+        running a moment later, finished (or failed) within about `duration` seconds. Only its
+        webhook tells an exporter it exists."""
+        n = rand.randrange(len(_DEMO))
+        workflow, provider, trigger, account, can_retry, _, _ = _DEMO[n]
+        if new_account:
+            account = f"Acme New {uuid.UUID(int=rand.getrandbits(128)).hex[:8]}"
+        attributes = _demo_attributes(n, workflow, provider, trigger, account, can_retry)
+        end: Attributes = {"status": "finished"}
+        if fails:
+            end = {
+                "status": "error",
+                "errorDetails": {
+                    "errorType": failure_code(workflow),
+                    "screenshotUrl": f"https://example.invalid/screenshots/{n}.png",
+                    "userRequired": not can_retry,
+                },
+                "hasMoreDetails": True,
+            }
+        start = self._clock() - self.started
+        job = SimJob(
+            [
+                (start, {**attributes, "status": "created"}),
+                (start + 0.2 * duration, {"status": "running"}),
+                (start + rand.uniform(0.5, 1.5) * duration, end),
+            ],
+            shape=n % 3,
+        )
+        job_id = str(uuid.UUID(int=rand.getrandbits(128), version=4))
+        with self._lock:
+            self._jobs[job_id] = job
+        return job_id, attributes
 
     def record(self, job_id: str) -> tuple[Faults, str | None]:
         """Count a request and decide which fault, if any, it gets."""
@@ -224,34 +304,50 @@ def error_document(status: int, detail: str) -> dict[str, Any]:
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    workspace: ClassVar[Workspace]
+def _json(status: int, document: object, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(document).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the tests read the exporter's logs, not the simulator's."""
 
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in one write, but a client's next request must not wait on
-        # Nagle's algorithm meeting a delayed ACK either.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _not_found() -> web.Response:
+    return _json(404, error_document(404, "no such endpoint"))
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/_sim/stats":
-            self._json(200, self.workspace.stats())
-            return
-        match = _JOB_PATH.fullmatch(path)
-        if match is None:
-            self._json(404, error_document(404, "no such endpoint"))
-            return
-        self._job(match.group(1))
 
-    def do_PUT(self) -> None:
-        path = self.path.split("?", 1)[0]
+class _Routes:
+    """The API as Cerby answers it, and the control API the tests use."""
+
+    def __init__(self, workspace: Workspace, webhooks: Callable[[], WebhookFeed | None]) -> None:
+        self.workspace = workspace
+        self.webhooks = webhooks
+
+    async def stats(self, _request: web.Request) -> web.Response:
+        feed = self.webhooks()
+        webhooks = None if feed is None else feed.stats()
+        return _json(200, {**self.workspace.stats(), "webhooks": webhooks})
+
+    async def events(self, request: web.Request) -> web.Response:
+        feed = self.webhooks()
+        if feed is None:
+            return _json(409, error_document(409, "webhook delivery is not configured"))
         try:
-            body = self._read_json()
+            body = await _read_json(request)
+        except ValueError as exc:
+            return _json(400, error_document(400, str(exc)))
+        job_id = body.get("job_id")
+        try:
+            event_ids = feed.emit(None if job_id is None else str(job_id))
+        except KeyError:
+            return _json(404, error_document(404, f"job {job_id} not found"))
+        return _json(200, {"event_ids": event_ids})
+
+    async def put(self, request: web.Request) -> web.Response:
+        path = request.path
+        try:
+            body = await _read_json(request)
             if path == "/_sim/faults":
                 self.workspace.set_faults(Faults.from_json(body))
             elif path == "/_sim/key":
@@ -259,59 +355,51 @@ class _Handler(BaseHTTPRequestHandler):
             elif (match := _SIM_JOB_PATH.fullmatch(path)) is not None:
                 self.workspace.set_job(match.group(1), body)
             else:
-                self._json(404, error_document(404, "no such endpoint"))
-                return
+                return _not_found()
         except (ValueError, KeyError, TypeError) as exc:
-            self._json(400, error_document(400, str(exc)))
-            return
-        self._json(200, {"ok": True})
+            return _json(400, error_document(400, str(exc)))
+        return _json(200, {"ok": True})
 
-    def do_DELETE(self) -> None:
-        match = _SIM_JOB_PATH.fullmatch(self.path.split("?", 1)[0])
+    async def delete(self, request: web.Request) -> web.Response:
+        match = _SIM_JOB_PATH.fullmatch(request.path)
         if match is None:
-            self._json(404, error_document(404, "no such endpoint"))
-            return
+            return _not_found()
         self.workspace.delete_job(match.group(1))
-        self._json(200, {"ok": True})
+        return _json(200, {"ok": True})
 
-    def _read_json(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        data = json.loads(self.rfile.read(length) or b"{}")
-        if not isinstance(data, dict):
-            raise ValueError("expected a JSON object")
-        return data
-
-    def _job(self, job_id: str) -> None:
+    async def job(self, request: web.Request) -> web.StreamResponse:
+        match = _JOB_PATH.fullmatch(request.path)
+        if match is None:
+            return _not_found()
+        job_id = match.group(1)
         workspace = self.workspace
         faults, kind = workspace.record(job_id)
         if faults.latency > 0:
-            workspace.stopping.wait(faults.latency)
-        if self.headers.get("X-API-Key") != workspace.api_key:
-            self._json(401, error_document(401, "invalid, expired or deleted API key"))
-            return
+            await workspace.pause(faults.latency)
+        if request.headers.get("X-API-Key") != workspace.api_key:
+            return _json(401, error_document(401, "invalid, expired or deleted API key"))
         if kind is not None and kind.startswith("status_"):
             workspace.applied(kind)
             status = int(kind.removeprefix("status_"))
-            extra = [("Retry-After", faults.retry_after)] if faults.retry_after else []
-            self._json(status, error_document(status, "injected"), extra)
-            return
+            extra = {"Retry-After": faults.retry_after} if faults.retry_after else None
+            return _json(status, error_document(status, "injected"), extra)
         if kind == "hang":
             workspace.applied(kind)
-            workspace.stopping.wait(60)
-            self.close_connection = True
-            return
+            await workspace.pause(60)
+            _drop(request, reset=False)
+            return web.Response()
         if kind == "reset":
             workspace.applied(kind)
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            return
+            _drop(request, reset=True)
+            return web.Response()
         attributes = workspace.job_attributes(job_id)
         if attributes is None:
-            self._json(404, error_document(404, f"job {job_id} not found"))
-            return
-        self._job_answer(job_id, attributes, kind)
+            return _json(404, error_document(404, f"job {job_id} not found"))
+        return await self._job_answer(request, job_id, attributes, kind)
 
-    def _job_answer(self, job_id: str, attributes: Attributes, kind: str | None) -> None:
+    async def _job_answer(
+        self, request: web.Request, job_id: str, attributes: Attributes, kind: str | None
+    ) -> web.StreamResponse:
         if kind is not None:
             self.workspace.applied(kind)
         if kind == "nulls":
@@ -323,69 +411,168 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "malformed":
             body = b'{"data": {"id": "' + job_id.encode() + b'", "attributes": {'
         elif kind == "content_type":
-            content_type = "text/html; charset=utf-8"
+            content_type = "text/html"
             body = b"<html><body>Service temporarily unavailable</body></html>"
         elif kind == "oversize":
             padding = "x" * (2 * 1024 * 1024)
             body = json.dumps(job_document(job_id, {**attributes, "padding": padding})).encode()
         elif kind == "truncated":
-            self._send(200, body[: len(body) // 2], content_type, length=len(body))
-            self.close_connection = True
-            return
-        self._send(200, body, content_type)
-
-    def _json(
-        self, status: int, document: object, extra: list[tuple[str, str]] | None = None
-    ) -> None:
-        self._send(status, json.dumps(document).encode(), "application/json", extra=extra)
-
-    def _send(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str,
-        *,
-        length: int | None = None,
-        extra: list[tuple[str, str]] | None = None,
-    ) -> None:
-        reason = self.responses.get(status, ("",))[0]
-        head = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {content_type}"]
-        head.append(f"Content-Length: {len(body) if length is None else length}")
-        head.extend(f"{name}: {value}" for name, value in extra or [])
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+            response = web.StreamResponse(headers={"Content-Type": content_type})
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body[: len(body) // 2])
+            _drop(request, reset=False)
+            return response
+        return web.Response(body=body, content_type=content_type)
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    data = json.loads(await request.read() or b"{}")
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    return data
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        """A client hanging up mid-answer is part of fault injection, not news."""
+
+def _drop(request: web.Request, *, reset: bool) -> None:
+    """End the connection without an answer; with `reset`, as a TCP reset (RST)."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if reset and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort() if reset else transport.close()
+
+
+def simulator_app(
+    workspace: Workspace, webhooks: Callable[[], WebhookFeed | None] = lambda: None
+) -> web.Application:
+    """`webhooks` answers the feed delivering the workspace's events, once there is one."""
+    routes = _Routes(workspace, webhooks)
+    app = web.Application()
+    app.router.add_get("/_sim/stats", routes.stats)
+    app.router.add_post("/_sim/events", routes.events)
+    app.router.add_put("/_sim/{tail:.*}", routes.put)
+    app.router.add_delete("/_sim/{tail:.*}", routes.delete)
+    app.router.add_get("/{tail:.*}", routes.job)
+    return app
 
 
 class Simulator:
-    """The workspace behind a threaded HTTP server on loopback."""
+    """The workspace served on loopback by aiohttp.
 
-    def __init__(self, workspace: Workspace, host: str = "127.0.0.1", port: int = 0) -> None:
+    On the caller's event loop (`await serve()`, as the demo does, one loop for everything), or
+    on a loop of its own in a thread (`start()`, for tests and `python -m`). With `webhooks`, or
+    after `deliver_to()`, it also delivers the workspace's events, on the same loop.
+    """
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        webhooks: WebhookDelivery | None = None,
+    ) -> None:
         self.workspace = workspace
-        handler = type("Handler", (_Handler,), {"workspace": workspace})
-        self._server = _QuietServer((host, port), handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.1,), name="cerby-simulator", daemon=True
-        )
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._delivery = webhooks
+        self.webhooks: WebhookFeed | None = None
+        """The feed delivering events, while it runs; read it on the simulator's loop."""
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/api/v1"
+        return f"http://{self._host}:{self._port}/api/v1"
+
+    async def serve(self) -> Simulator:
+        """Start serving on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self.workspace.bind_loop(self._loop)
+        app = simulator_app(self.workspace, lambda: self.webhooks)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        await site.start()
+        self._port = site.port
+        self._runner = runner
+        if self._delivery is not None:
+            self._start_webhooks(self._delivery)
+        return self
+
+    def deliver_to(self, delivery: WebhookDelivery) -> None:
+        """Deliver the workspace's webhooks as `delivery` says, from now on (or from `serve()`).
+
+        For the demo, whose receiver listens only after the simulator does. Call it on the
+        simulator's loop, or from another thread when it runs on a loop of its own (`start()`);
+        once per simulator.
+        """
+        if self._delivery is not None:
+            raise RuntimeError("webhook delivery is already configured")
+        self._delivery = delivery
+        loop = self._loop
+        if self._runner is None or loop is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._start_webhooks(delivery)
+            return
+
+        async def start_there() -> None:
+            self._start_webhooks(delivery)
+
+        asyncio.run_coroutine_threadsafe(start_there(), loop).result(10)
+
+    def _start_webhooks(self, delivery: WebhookDelivery) -> None:
+        feed = WebhookFeed(self.workspace, delivery)
+        feed.start()
+        self.webhooks = feed
+
+    async def close(self) -> None:
+        self.workspace.stop()
+        if self.webhooks is not None:
+            feed, self.webhooks = self.webhooks, None
+            await feed.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     def start(self) -> Simulator:
+        """Serve on a loop of its own, in a thread; returns once it listens."""
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self.serve())
+            except BaseException as exc:  # reported to the caller of start()
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self.close())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="cerby-simulator", daemon=True)
         self._thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
         return self
 
     def stop(self) -> None:
-        self.workspace.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -517,6 +704,31 @@ DEMO_MISSING_JOB: Final = demo_job_id(len(_DEMO))
 """Tracked by the demo but unknown to the workspace: it answers 404."""
 
 
+def _demo_attributes(
+    n: int, workflow: str, provider: str, trigger: str, account: str, can_retry: bool | None
+) -> Attributes:
+    return {
+        "account": {
+            "entity": "account",
+            "id": str(uuid.uuid5(DEMO_NAMESPACE, account)),
+            "name": account,
+            "provider": provider,
+        },
+        "canRetry": can_retry,
+        "createdBy": {
+            "id": str(uuid.uuid5(DEMO_NAMESPACE, f"user-{n % 4}")),
+            "name": f"Demo User {n % 4}",
+        },
+        "errorDetails": {},
+        "hasMoreDetails": False,
+        "payload": {},
+        "response": {},
+        "trigger": trigger,
+        "workflowType": workflow,
+        "workspacePolicyEnforcementId": None,
+    }
+
+
 def demo_jobs() -> dict[str, SimJob]:
     """A score of jobs across workflow types, providers and triggers, moving over ~5 minutes.
 
@@ -525,26 +737,7 @@ def demo_jobs() -> dict[str, SimJob]:
     """
     jobs: dict[str, SimJob] = {}
     for n, (workflow, provider, trigger, account, can_retry, steps, error) in enumerate(_DEMO):
-        base: Attributes = {
-            "account": {
-                "entity": "account",
-                "id": str(uuid.uuid5(DEMO_NAMESPACE, account)),
-                "name": account,
-                "provider": provider,
-            },
-            "canRetry": can_retry,
-            "createdBy": {
-                "id": str(uuid.uuid5(DEMO_NAMESPACE, f"user-{n % 4}")),
-                "name": f"Demo User {n % 4}",
-            },
-            "errorDetails": {},
-            "hasMoreDetails": False,
-            "payload": {},
-            "response": {},
-            "trigger": trigger,
-            "workflowType": workflow,
-            "workspacePolicyEnforcementId": None,
-        }
+        base = _demo_attributes(n, workflow, provider, trigger, account, can_retry)
         # Every demo job exists from the start, queued; the steps move it along later.
         timeline: list[tuple[float, Attributes]] = [(0.0, {**base, "status": "created"})]
         for step in steps.split(","):
@@ -596,6 +789,16 @@ def scenario(name: str, jobs: int) -> dict[str, SimJob]:
     return {}
 
 
+DEMO_WEBHOOK_KEY_ID: Final = str(uuid.uuid5(DEMO_NAMESPACE, "webhook-signing-key"))
+
+
+def _ed25519_private_key(pem: bytes) -> Ed25519PrivateKey:
+    key = load_pem_private_key(pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SystemExit("--webhook-key-file must hold an Ed25519 private key")
+    return key
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cerby_exporter.simulator", description=__doc__.splitlines()[0]
@@ -606,7 +809,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1000, help="how many jobs `bulk` makes")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     parser.add_argument("--print-job-ids", action="store_true", help="list the job IDs and exit")
+    parser.add_argument("--webhook-url", help="deliver the workspace's webhooks to this URL")
+    parser.add_argument(
+        "--webhook-key-file", type=Path, help="PEM (PKCS#8) Ed25519 private key signing them"
+    )
+    parser.add_argument(
+        "--webhook-key-id", default=DEMO_WEBHOOK_KEY_ID, help="the signing key's ID (a UUID)"
+    )
+    parser.add_argument(
+        "--new-job-every", type=float, help="seconds between jobs the workspace starts itself"
+    )
     args = parser.parse_args(argv)
+    webhooks = None
+    if args.webhook_url is not None:
+        if args.webhook_key_file is None:
+            parser.error("--webhook-url needs --webhook-key-file")
+        key = _ed25519_private_key(args.webhook_key_file.read_bytes())
+        webhooks = WebhookDelivery(
+            args.webhook_url, args.webhook_key_id, key, new_job_every=args.new_job_every
+        )
     jobs = scenario(args.scenario, args.jobs)
     if args.print_job_ids:
         ids: Iterator[str] = iter(demo_job_ids() if args.scenario == "demo" else jobs)
@@ -615,10 +836,10 @@ def main(argv: list[str] | None = None) -> int:
     host, _, port = args.listen.rpartition(":")
     workspace = Workspace(jobs, args.api_key)
     workspace.set_faults(Faults(latency=args.latency))
-    simulator = Simulator(workspace, host or "127.0.0.1", int(port))
-    print(f"listening on {simulator.base_url}", flush=True)
+    simulator = Simulator(workspace, host or "127.0.0.1", int(port), webhooks=webhooks)
     try:
         simulator.start()
+        print(f"listening on {simulator.base_url}", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
@@ -637,8 +858,8 @@ __all__ = [
     "Faults",
     "SimJob",
     "Simulator",
+    "WebhookDelivery",
     "Workspace",
-    "asdict",
     "demo_job_ids",
     "demo_jobs",
 ]

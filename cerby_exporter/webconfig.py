@@ -22,26 +22,30 @@ certificate against `client_ca_file` when one is asked for; and `cipher_suites`,
 difference the other way: basic auth does not cover `/healthz` and `/readyz`, which say only "ok"
 and "ready", so that Kubernetes probes work without credentials in the pod spec.
 
-The file and the files it names are checked again every second while serving (at most): a renewed
-certificate or a changed user list is used for the next connection, without a restart. A reload
-that fails keeps the configuration in force and logs why.
+The file and the files it names are checked again every second while serving, in a thread: a
+renewed certificate, client CA or user list is used for the next connection, without a restart.
+The listening socket keeps the context it started with; OpenSSL's server-name callback, which
+runs for every ClientHello whether or not the client sent a name (Prometheus scraping by IP
+address sends none), hands each new TLS connection the newest one. By then OpenSSL has taken the
+verify mode and the protocol versions from the listening context, so a reload that fails, or that
+switches TLS on or off or changes `client_auth_type`, `min_version` or `max_version`, keeps the
+configuration in force and logs why: those need a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import ssl
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -49,7 +53,7 @@ from typing import Any, Final
 import bcrypt
 import yaml
 
-from cerby_exporter.app import Request, Response
+from cerby_exporter.watched import Stamp, stamp_of
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +254,16 @@ def _parse_http(section: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(headers)
 
 
+class _EncryptedKey(Exception):
+    pass
+
+
+def _refuse_passphrase() -> bytes:
+    """Without a callback OpenSSL would ask for the passphrase on the terminal: at start that
+    hangs a container, in a reload it blocks a thread for good."""
+    raise _EncryptedKey
+
+
 def build_ssl_context(tls: TLSSettings) -> ssl.SSLContext:
     """The server-side context; raises `WebConfigError` when a file is missing or does not fit."""
     for path in tls.files():
@@ -259,7 +273,12 @@ def build_ssl_context(tls: TLSSettings) -> ssl.SSLContext:
     context.minimum_version = tls.min_version
     context.maximum_version = tls.max_version
     try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
+        context.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_passphrase)
+    except _EncryptedKey:
+        raise WebConfigError(
+            "key_file is encrypted (cerby-exporter takes an unencrypted key, as the Go toolkit "
+            "does)"
+        ) from None
     except OSError as exc:
         reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
         raise WebConfigError(f"cannot load cert_file/key_file ({reason})") from None
@@ -309,11 +328,12 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 class BasicAuth:
     """Checks `Authorization: Basic` against bcrypt hashes.
 
-    bcrypt is slow on purpose (~70 ms at cost 10), too slow to pay on every scrape, so a success
-    is remembered. The memory holds neither password nor a plain hash of it: the cache key is an
-    HMAC under a random per-process key of the user, the password and the hash it matched (so
-    a changed hash forgets it). Failures are never cached and run one at a time, so guessing stays
-    as slow as bcrypt makes it and a flood of bad passwords cannot take every core.
+    bcrypt is slow on purpose, too slow to pay on every scrape, so a success is remembered. The
+    memory holds neither password nor a plain hash of it: the cache key is an HMAC under a random
+    per-process key of the user, the password and the hash it matched (so a changed hash forgets
+    it). bcrypt runs in a thread, never on the event loop. Failures are never cached and run one
+    at a time, so guessing stays as slow as bcrypt makes it and a flood of bad passwords cannot
+    take every core.
     """
 
     def __init__(self, users: Mapping[str, bytes]) -> None:
@@ -322,13 +342,13 @@ class BasicAuth:
         self._secret = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, None] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._bcrypt_lock = threading.Lock()
+        self._bcrypt_slot = asyncio.Semaphore(1)
 
     @property
     def enabled(self) -> bool:
         return bool(self._users)
 
-    def check(self, user: str, password: str) -> bool:
+    async def check(self, user: str, password: str) -> bool:
         name = user.encode("utf-8", "surrogateescape")
         secret = password.encode("utf-8", "surrogateescape")
         hashed = None
@@ -340,15 +360,16 @@ class BasicAuth:
             b"\0".join((name, secret, hashed or b"")),
             hashlib.sha256,
         ).digest()
-        if hashed is not None:
-            with self._cache_lock:
-                if key in self._cache:
-                    self._cache.move_to_end(key)
-                    return True
+        if hashed is not None and self._remembered(key):
+            return True
         too_long = len(secret) > MAX_PASSWORD_BYTES
-        with self._bcrypt_lock:
-            matched = bcrypt.checkpw(
-                secret[:MAX_PASSWORD_BYTES], hashed if hashed is not None else _UNKNOWN_USER_HASH
+        async with self._bcrypt_slot:
+            if hashed is not None and self._remembered(key):
+                return True  # the same credentials were checked while this request waited
+            matched = await asyncio.to_thread(
+                bcrypt.checkpw,
+                secret[:MAX_PASSWORD_BYTES],
+                hashed if hashed is not None else _UNKNOWN_USER_HASH,
             )
         if not matched or hashed is None or too_long:
             return False
@@ -358,55 +379,45 @@ class BasicAuth:
                 self._cache.popitem(last=False)
         return True
 
-    def __call__(self, request: Request) -> Response | None:
-        if not self._users or request.path in OPEN_PATHS:
-            return None
-        credentials = _basic_credentials(request.headers.get("authorization", ""))
-        if credentials is not None and self.check(*credentials):
-            return None
-        return Response(
-            401,
-            b"401 unauthorized\n",
-            headers=(("WWW-Authenticate", 'Basic realm="cerby-exporter", charset="UTF-8"'),),
-        )
+    def _remembered(self, key: bytes) -> bool:
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return True
+        return False
+
+    async def allows(self, path: str, authorization: str) -> bool:
+        """True if a request for `path` with this `Authorization` header may go on."""
+        if not self._users or path in OPEN_PATHS:
+            return True
+        credentials = _basic_credentials(authorization)
+        return credentials is not None and await self.check(*credentials)
 
 
-def _stamp(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:
-    stamps: list[tuple[int, int, int] | None] = []
-    for path in paths:
-        try:
-            info = os.stat(path)
-        except OSError:
-            stamps.append(None)
-        else:
-            stamps.append((info.st_mtime_ns, info.st_size, info.st_ino))
-    return tuple(stamps)
+def _stamp(paths: tuple[Path, ...]) -> tuple[Stamp | None, ...]:
+    return tuple(stamp_of(path) for path in paths)
 
 
 class WebConfigSource:
     """The web config in force, reloaded when the file or a file it names changes.
 
-    Whether TLS is on is fixed at start (the listening socket was opened for it); a reload that
-    would switch it is refused. Raises `WebConfigError` at construction if the file is unusable.
+    Whether TLS is on, which client certificates it asks for and which TLS versions it takes are
+    fixed at start (the listening socket was opened for them); a reload that would change them
+    is refused. Raises `WebConfigError` at construction if the file is unusable.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        recheck_seconds: float = RECHECK_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, path: Path, recheck_seconds: float = RECHECK_SECONDS) -> None:
         self._path = path
         self._recheck = recheck_seconds
-        self._clock = clock
-        self._lock = threading.Lock()
         config, context = load(path)
         self._config = config
         self._context = context
+        self._listening = context
+        if context is not None:
+            context.sni_callback = self._choose_context
         self._auth = BasicAuth(config.users)
         self._stamps = _stamp(self._watched(config))
-        self._checked_at = clock()
-        self._failed_stamps: tuple[tuple[int, int, int] | None, ...] | None = None
+        self._failed_stamps: tuple[Stamp | None, ...] | None = None
 
     @property
     def tls_enabled(self) -> bool:
@@ -416,47 +427,61 @@ class WebConfigSource:
     def basic_auth_enabled(self) -> bool:
         return self._auth.enabled
 
+    @property
+    def auth(self) -> BasicAuth:
+        return self._auth
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return self._config.headers
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The context to listen with; each handshake is then handed the newest one."""
+        return self._listening
+
+    def _choose_context(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _base: ssl.SSLContext
+    ) -> None:
+        """OpenSSL's server-name callback, run for every ClientHello, with or without SNI."""
+        newest = self._context
+        if newest is not None and newest is not connection.context:
+            connection.context = newest
+
+    async def watch(self) -> None:
+        """Check for changes every `recheck_seconds` until cancelled. A surprise is logged and
+        the watching goes on: a task that died would stop certificate renewal silently."""
+        while True:
+            await asyncio.sleep(self._recheck)
+            try:
+                await asyncio.to_thread(self.reload_if_changed)
+            except Exception as exc:
+                log.error("web config check failed, will try again: %s", type(exc).__name__)
+
     def _watched(self, config: WebConfig) -> tuple[Path, ...]:
         return (self._path, *(config.tls.files() if config.tls is not None else ()))
 
-    def _maybe_reload(self) -> None:
-        now = self._clock()
-        if now - self._checked_at < self._recheck:
+    def reload_if_changed(self) -> None:
+        """Blocking (stat, read, parse, load certificates): run it in a thread."""
+        stamps = _stamp(self._watched(self._config))
+        if stamps in (self._stamps, self._failed_stamps):
             return
-        with self._lock:
-            if now - self._checked_at < self._recheck:
-                return
-            self._checked_at = now
-            stamps = _stamp(self._watched(self._config))
-            if stamps in (self._stamps, self._failed_stamps):
-                return
-            try:
-                config, context = load(self._path)
-                if (context is None) != (self._context is None):
-                    raise WebConfigError("switching TLS on or off needs a restart")
-            except WebConfigError as exc:
-                self._failed_stamps = stamps
-                log.warning("web config not reloaded, keeping the one in force: %s", exc)
-                return
-            self._config = config
-            self._context = context
-            if config.users != self._auth.users:
-                self._auth = BasicAuth(config.users)
-            self._stamps = _stamp(self._watched(config))
-            self._failed_stamps = None
-            log.info("web config reloaded from %s", self._path)
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """The context for the next connection; only called when `tls_enabled`."""
-        self._maybe_reload()
-        context = self._context
-        if context is None:
-            raise RuntimeError("TLS is not configured")
-        return context
-
-    def authenticate(self, request: Request) -> Response | None:
-        self._maybe_reload()
-        return self._auth(request)
-
-    def headers(self) -> tuple[tuple[str, str], ...]:
-        return self._config.headers
+        try:
+            config, context = load(self._path)
+            if (context is None) != (self._context is None):
+                raise WebConfigError("switching TLS on or off needs a restart")
+            old, new = self._config.tls, config.tls
+            if old is not None and new is not None:
+                for field in ("client_auth_type", "min_version", "max_version"):
+                    if getattr(old, field) != getattr(new, field):
+                        raise WebConfigError(f"changing {field} needs a restart")
+        except WebConfigError as exc:
+            self._failed_stamps = stamps
+            log.warning("web config not reloaded, keeping the one in force: %s", exc)
+            return
+        self._config = config
+        self._context = context
+        if config.users != self._auth.users:
+            self._auth = BasicAuth(config.users)
+        self._stamps = _stamp(self._watched(config))
+        self._failed_stamps = None
+        log.info("web config reloaded from %s", self._path)

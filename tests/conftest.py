@@ -33,7 +33,7 @@ def exporter_factory() -> Iterator[Callable[..., Running]]:
 
     yield factory
     for running in started:
-        running.server.stop(grace=1)
+        running.stop()
     logging.getLogger().handlers.clear()
 
 

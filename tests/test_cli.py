@@ -15,6 +15,7 @@ import pytest
 
 from cerby_exporter import __version__
 from cerby_exporter.simulator import DEMO_MISSING_JOB, demo_job_ids
+from tests.e2e import ExporterProcess, free_port
 
 SECRET = "sk-cli-test-never-print-4242"
 
@@ -29,12 +30,6 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         timeout=60,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_version() -> None:
@@ -69,7 +64,7 @@ def test_check_config_prints_settings_with_the_key_redacted() -> None:
     [
         (["--api-url", "ftp://x"], {"CERBY_API_KEY": SECRET}, "invalid --api-url / CERBY_API_URL"),
         ([], {"CERBY_API_URL": "https://a.cerby.com/api/v1"}, "invalid --api-key-file"),
-        (["--job-ids", "x,y"], {}, "invalid --job-ids / CERBY_JOB_IDS"),
+        (["--job-ids", "x"], {}, "invalid --job-ids / CERBY_JOB_IDS"),
         (["--cache-ttl", "-1"], {}, "invalid --cache-ttl / CERBY_CACHE_TTL"),
         (
             ["--max-jobs", "1", "--job-ids", f"{demo_job_ids()[0]} {demo_job_ids()[1]}"],
@@ -82,7 +77,9 @@ def test_check_config_prints_settings_with_the_key_redacted() -> None:
         (["--cache-ttl"], {}, "expected one argument"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args: list[str], env: dict[str, str], says: str) -> None:
+def test_a_bad_input_is_one_line_and_exit_2(
+    args: list[str], env: dict[str, str], says: str
+) -> None:
     base = {"CERBY_API_URL": "https://acme.cerby.com/api/v1", "CERBY_API_KEY": SECRET}
     merged = {**base, **env} if "CERBY_API_KEY" in env or not env else {**env}
     if "CERBY_API_URL" in env and "CERBY_API_KEY" not in env:
@@ -133,7 +130,7 @@ def test_demo_serves_jobs_within_seconds_and_stops_on_sigterm(tmp_path: Path) ->
                 assert f'cerby_job_fetch_success{{job_id="{job_id}"}}' in body
             assert f'cerby_job_fetch_success{{job_id="{DEMO_MISSING_JOB}"}} 0' in body
             assert 'status="unknown"} 1' in body
-            assert "cerby_tracked_jobs 21" in body
+            assert 'cerby_tracked_jobs{source="configured"} 21.0' in body
         finally:
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=10)
@@ -142,3 +139,71 @@ def test_demo_serves_jobs_within_seconds_and_stops_on_sigterm(tmp_path: Path) ->
     assert lines
     assert all(line.startswith("{") for line in lines)  # JSON, one event a line
     assert '"msg": "stopped"' in lines[-1]
+
+
+def test_every_settings_problem_is_reported_at_once() -> None:
+    result = run("--job-ids", "not-a-uuid", "--cache-ttl", "-1")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1  # pydantic refuses the TTL before the cross-field checks run
+    assert "--cache-ttl / CERBY_CACHE_TTL" in lines[0]
+    result = run("--job-ids", "not-a-uuid")
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "invalid --api-url / CERBY_API_URL",
+        "invalid --job-ids / CERBY_JOB_IDS",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_shows_the_url_a_workspace_yields_and_warns_about_nothing_to_watch() -> None:
+    result = run("--check-config", "--workspace", "acme", env={"CERBY_API_KEY": SECRET})
+    assert result.returncode == 0, result.stderr
+    assert "api_url = https://acme.cerby.com/api/v1" in result.stdout.splitlines()
+    assert SECRET not in result.stdout + result.stderr
+    assert "warning: no job IDs and no webhooks configured" in result.stderr
+    watched = run(
+        "--check-config",
+        "--workspace",
+        "acme",
+        "--job-ids",
+        "aaaaaaaa-0000-0000-0000-000000000001",
+        env={"CERBY_API_KEY": SECRET},
+    )
+    assert watched.returncode == 0
+    assert "warning" not in watched.stderr
+
+
+def test_help_names_the_key_variable_and_the_choices() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "CERBY_API_KEY" in text.replace("CERBY_API_KEY_FILE", "")
+    assert "--log.level {debug,info,warning,error}" in text
+    assert "--log.format {logfmt,json}" in text
+    assert "--status-series {dense,sparse}" in text
+    for name in ("CERBY_WEBHOOK_KEYS_FILE", "CERBY_STATE_PATH", "CERBY_JOB_RETENTION"):
+        assert name in text
+
+
+@pytest.mark.slow
+def test_a_minute_of_demo_scrapes_every_2_s_repeats_no_warning_more_than_three_times(
+    tmp_path: Path,
+) -> None:
+    with ExporterProcess(["--demo"], tmp_path) as demo:
+        demo.wait_ready()
+        deadline = time.monotonic() + 60
+        bodies = []
+        while time.monotonic() < deadline:
+            bodies.append(httpx.get(demo.url + "/metrics", timeout=10).text)
+            time.sleep(2)
+        assert demo.terminate() == 0
+        log = demo.stderr()
+    assert len(bodies) >= 25
+    assert all("cerby_up 1.0" in body for body in bodies)
+    assert 'cerby_tracked_jobs{source="webhook"}' in bodies[-1]
+    warnings = [line.split("msg=", 1)[1] for line in log.splitlines() if "level=warning" in line]
+    assert warnings  # the demo has a 404 job and an undocumented status: each said once
+    repeated = {line: warnings.count(line) for line in warnings if warnings.count(line) > 3}
+    assert repeated == {}

@@ -1,12 +1,23 @@
-"""Rendering of the metric contract, line by line, and the pure helpers behind it."""
+"""Rendering of the metric contract, line by line, the pure helpers behind it, and the
+collector's scrapes, probes and warm-up against the simulator."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from cerby_exporter import __version__
+from cerby_exporter.app import EXPORTER, create_app
 from cerby_exporter.cache import Entry, TTLPolicy
+from cerby_exporter.client import NIL_JOB_ID
 from cerby_exporter.collector import (
     JOB_FAMILIES,
+    Collector,
+    JobPart,
     View,
     count_jobs,
     render_job,
@@ -14,7 +25,12 @@ from cerby_exporter.collector import (
     shown_until,
 )
 from cerby_exporter.exposition import escape_label_value, format_value, sample
+from cerby_exporter.logs import Redactor
 from cerby_exporter.model import ErrorDetails, Job
+from cerby_exporter.settings import Settings
+from cerby_exporter.simulator import Simulator
+from tests.e2e import job_ids_with, parse_samples, value
+from tests.support import FAILED, FINISHED, MISSING, RUNNING, settings_for
 
 ID = "aaaaaaaa-0000-0000-0000-000000000001"
 VIEW = View(60, 3600, 900, sparse_status=False, creator_labels=False)
@@ -190,3 +206,119 @@ def test_format_value(value: float, text: str) -> None:
 
 def test_sample_without_labels() -> None:
     assert sample("cerby_up", (), 1) == "cerby_up 1\n"
+
+
+def test_a_job_part_serves_only_its_ids_and_version_until_it_turns_stale() -> None:
+    ids = (ID,)
+    part = JobPart(ids, version=3, valid_until=100.0, body=b"", stale=0)
+    assert part.serves(ids, 3, now=100.0)
+    assert part.serves((ID,), 2, now=50.0)  # an older round's entries render the same
+    assert not part.serves(ids, 4, now=50.0)  # new data stored since
+    assert not part.serves((ID, "other"), 3, now=50.0)
+    assert not part.serves(ids, 3, now=100.001)  # a shown job's data turned too old
+    assert not part.serves(ids, -1, now=50.0)  # entries read outside any round
+
+
+def collect(values: dict[str, Any], scenario: Callable[[Collector], Awaitable[None]]) -> None:
+    """Run `scenario` on the collector an app built from `values`, on one event loop, without
+    serving it: the app's cleanup closes what the collector opened."""
+
+    async def main() -> None:
+        app = create_app(Settings(**values), Redactor())
+        try:
+            await scenario(app[EXPORTER].collector)
+        finally:
+            await app[EXPORTER].close(app)
+
+    asyncio.run(main())
+
+
+def test_ready_once_the_first_collection_was_attempted_whatever_its_outcome(
+    isolated_env: Path,
+) -> None:
+    unreachable = {"api_url": "http://127.0.0.1:9/api/v1", "api_key": "k" * 16, "retries": 0}
+
+    async def scenario(collector: Collector) -> None:
+        assert not collector.ready.is_set()
+        await collector.warm_up()
+        assert collector.ready.is_set()
+        jobs, rest = await collector.scrape_parts(None, openmetrics=False)
+        samples = parse_samples((jobs.body + rest).decode())
+        assert value(samples, "cerby_up") == 0
+        assert value(samples, "cerby_job_fetch_success", job_id=FINISHED) == 0
+        assert job_ids_with(samples, "cerby_job_info") == set()
+
+    collect({**unreachable, "job_ids": (FINISHED,)}, scenario)
+
+
+def test_a_scrape_is_the_job_part_then_health_and_self_metrics(
+    simulator: Simulator, isolated_env: Path
+) -> None:
+    async def scenario(collector: Collector) -> None:
+        jobs, rest = await collector.scrape_parts("5", openmetrics=False)
+        body = jobs.body.decode()
+        assert job_ids_with(parse_samples(body), "cerby_job_info") == {FINISHED, RUNNING, FAILED}
+        assert "cerby_up" not in body
+        assert jobs.stale == 0
+        health = parse_samples(rest.decode())
+        assert value(health, "cerby_up") == 1
+        assert value(health, "cerby_tracked_jobs", source="configured") == 4
+        assert value(health, "cerby_tracked_jobs", source="webhook") == 0
+        assert value(health, "cerby_stale_jobs") == 0
+        assert value(health, "cerby_api_backoff_until_timestamp_seconds") == 0
+        assert value(health, "cerby_exporter_build_info", version=__version__) == 1
+        assert value(health, "cerby_api_requests_total", code="404") == 1
+        assert not {name for name, _ in health} & {*JOB_FAMILIES, "cerby_jobs"}
+        assert not rest.endswith(b"# EOF\n")
+        again, openmetrics_rest = await collector.scrape_parts(None, openmetrics=True)
+        assert again is jobs
+        assert openmetrics_rest.endswith(b"# EOF\n")
+
+    collect(settings_for(simulator), scenario)
+    assert simulator.workspace.stats()["by_job"] == dict.fromkeys(
+        (FINISHED, RUNNING, FAILED, MISSING), 1
+    )
+
+
+UNTRACKED = "55555555-6666-7777-8888-999999999999"
+
+
+def test_a_probe_shares_the_cache_and_shows_one_job(
+    simulator: Simulator, isolated_env: Path
+) -> None:
+    async def scenario(collector: Collector) -> None:
+        await collector.scrape_parts(None, openmetrics=False)
+        tracked = await collector.probe(FAILED, None, openmetrics=False)
+        samples = parse_samples(tracked.decode())
+        assert {name for name, _ in samples} <= set(JOB_FAMILIES)
+        assert job_ids_with(samples, "cerby_job_error_info") == {FAILED}
+        assert {dict(labels)["job_id"] for _, labels in samples} == {FAILED}
+        untracked = "55555555-6666-7777-8888-999999999999"
+        probed = await collector.probe(untracked, None, openmetrics=True)
+        assert probed.endswith(b"# EOF\n")
+        assert (
+            value(parse_samples(probed.decode()), "cerby_job_fetch_success", job_id=untracked) == 0
+        )
+        await collector.probe(untracked, None, openmetrics=False)
+
+    collect(settings_for(simulator, job_ids=(FAILED,)), scenario)
+    # The tracked job came from the cache; the unknown one was asked for once, then cached.
+    by_job = simulator.workspace.stats()["by_job"]
+    assert by_job == {FAILED: 1, UNTRACKED: 1}
+
+
+@pytest.mark.parametrize(("key", "up"), [(None, 1), ("wrong-key-0000", 0)])
+def test_with_no_jobs_a_key_check_keeps_cerby_up_honest(
+    simulator: Simulator, isolated_env: Path, key: str | None, up: int
+) -> None:
+    values = settings_for(simulator, job_ids=())
+    if key is not None:
+        values["api_key"] = key
+
+    async def scenario(collector: Collector) -> None:
+        await collector.warm_up()
+        _, rest = await collector.scrape_parts(None, openmetrics=False)
+        assert value(parse_samples(rest.decode()), "cerby_up") == up
+
+    collect(values, scenario)
+    assert simulator.workspace.stats()["by_job"] == {NIL_JOB_ID: 1}  # once, not per scrape

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -17,9 +16,9 @@ import httpx
 import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import parser as openmetrics_parser
-from prometheus_client.parser import text_string_to_metric_families
 
 from cerby_exporter.simulator import Faults, Simulator
+from tests.e2e import Samples, parse_samples, value
 from tests.support import (
     API_KEY,
     FAILED,
@@ -27,23 +26,15 @@ from tests.support import (
     MISSING,
     RUNNING,
     Running,
+    job_attributes,
     settings_for,
 )
 
 Factory = Callable[..., Running]
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def samples(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(parsed: Samples, name: str, **labels: str) -> float | None:
-    return parsed.get((name, frozenset(labels.items())))
+    return parse_samples(text)
 
 
 def names(parsed: Samples, name: str) -> list[dict[str, str]]:
@@ -90,7 +81,7 @@ def test_metrics_show_each_job_by_value(simulator: Simulator, exporter_factory: 
     assert value(parsed, "cerby_jobs", workflow_type="setup_mfa", provider="twitter",
                  status="error") == 0  # fmt: skip
     assert value(parsed, "cerby_up") == 1
-    assert value(parsed, "cerby_tracked_jobs") == 4
+    assert value(parsed, "cerby_tracked_jobs", source="configured") == 4
     assert value(parsed, "cerby_stale_jobs") == 0
     assert value(parsed, "cerby_api_backoff_until_timestamp_seconds") == 0
     assert value(parsed, "cerby_job_fetch_errors_total", reason="not_found") == 1
@@ -168,7 +159,7 @@ def test_scrape_answers_before_prometheus_gives_up(
     assert took < 1.0
     parsed = samples(response.text)
     assert value(parsed, "cerby_job_fetch_success", job_id=FINISHED) == 0  # nothing yet
-    assert value(parsed, "cerby_tracked_jobs") == 4
+    assert value(parsed, "cerby_tracked_jobs", source="configured") == 4
 
 
 def test_probe_one_job_through_the_same_cache(
@@ -226,9 +217,13 @@ def test_landing_page_lists_jobs(simulator: Simulator, exporter_factory: Factory
         assert f"<td>{job_id}</td>" in html
     assert "<td>unknown (paused)</td>" in html
     assert "<td>revoke_access</td>" in html
-    assert "job error: login_failed" in html
+    assert "<td>login_failed</td>" in html
+    assert "<td>error: ACCESS NOT REMOVED</td>" in html
+    assert "<td>Brand One</td>" in html
     assert "fetch failed: not_found" in html
-    for link in ('href="/metrics"', f'href="/probe?target={FINISHED}"', 'href="/healthz"'):
+    assert '<meta http-equiv="refresh"' in html
+    assert "1 failed access removals</b> · 1 failed · 1 failed and needing a person" in html
+    for link in ('href="/metrics"', 'href="/probe?target=', 'href="/healthz"'):
         assert link in html
     assert "Dana Example" not in html
     log = running.log.getvalue()
@@ -296,6 +291,23 @@ def test_openmetrics_and_gzip_by_negotiation(
     assert gzip.decompress(wire).startswith(b"# HELP cerby_job_status")
 
 
+def configured(parsed: Samples) -> float | None:
+    return value(parsed, "cerby_tracked_jobs", source="configured")
+
+
+def scrape_until(
+    running: Running, condition: Callable[[Samples], bool], seconds: float = 5.0
+) -> Samples:
+    """Scrape until `condition` holds: the job-ID file is looked at once a second."""
+    deadline = time.monotonic() + seconds
+    while True:
+        parsed = samples(running.get("/metrics").text)
+        if condition(parsed) or time.monotonic() > deadline:
+            assert condition(parsed)
+            return parsed
+        time.sleep(0.2)
+
+
 def test_job_id_file_edited_while_running(
     simulator: Simulator, exporter_factory: Factory, tmp_path: Path
 ) -> None:
@@ -303,17 +315,19 @@ def test_job_id_file_edited_while_running(
     path.write_text(f"# watched jobs\n{FINISHED}\n")
     running = exporter_factory(**settings_for(simulator, job_ids=(), job_ids_file=path))
     parsed = samples(running.get("/metrics").text)
-    assert value(parsed, "cerby_tracked_jobs") == 1
+    assert value(parsed, "cerby_tracked_jobs", source="configured") == 1
     path.write_text(f"{FINISHED}\n{FAILED}\nthis line is wrong\n{RUNNING}\n")
     os.utime(path, (time.time() + 5, time.time() + 5))
-    parsed = samples(running.get("/metrics").text)
-    assert value(parsed, "cerby_tracked_jobs") == 3
+    parsed = scrape_until(
+        running, lambda p: value(p, "cerby_tracked_jobs", source="configured") == 3
+    )
     assert value(parsed, "cerby_job_fetch_success", job_id=RUNNING) == 1
     assert "line 3 skipped: not a job ID" in running.log.getvalue()
     path.write_text(f"{RUNNING}\n")
     os.utime(path, (time.time() + 10, time.time() + 10))
-    parsed = samples(running.get("/metrics").text)
-    assert value(parsed, "cerby_tracked_jobs") == 1
+    parsed = scrape_until(
+        running, lambda p: value(p, "cerby_tracked_jobs", source="configured") == 1
+    )
     assert value(parsed, "cerby_job_fetch_success", job_id=FINISHED) is None
 
 
@@ -348,19 +362,16 @@ def test_output_passes_promtool(simulator: Simulator, exporter_factory: Factory)
 
 def test_nothing_calls_the_api_before_the_server_starts(simulator: Simulator) -> None:
     from cerby_exporter import logs
-    from cerby_exporter.app import create_app
+    from cerby_exporter.app import EXPORTER, create_app
     from cerby_exporter.settings import Settings
 
     app = create_app(Settings(**settings_for(simulator)), logs.Redactor())
-    try:
-        time.sleep(0.2)
-        assert simulator.workspace.stats()["requests"] == 0
-        assert not app.ready
-    finally:
-        app.close()
+    time.sleep(0.2)
+    assert simulator.workspace.stats()["requests"] == 0
+    assert not app[EXPORTER].collector.ready.is_set()
 
 
-def test_many_failing_jobs_write_one_line_per_round(
+def test_a_failure_that_goes_on_is_logged_when_it_starts_changes_and_ends(
     simulator: Simulator, exporter_factory: Factory
 ) -> None:
     missing = tuple(f"99999999-0000-0000-0000-{n:012d}" for n in range(200))
@@ -372,11 +383,24 @@ def test_many_failing_jobs_write_one_line_per_round(
     parsed = samples(running.get("/metrics").text)
     errors = value(parsed, "cerby_job_fetch_errors_total", reason="not_found")
     assert errors is not None
-    assert errors >= 400
-    warnings = [line for line in running.log.getvalue().splitlines() if "level=warning" in line]
-    # One summary a round (the warm-up and at most four scrapes), never one line a job.
-    assert 1 <= len(warnings) <= 5
-    counted = [int(n) for line in warnings for n in re.findall(r"not_found=(\d+)", line)]
-    assert len(counted) == len(warnings)
-    assert counted[0] == 200  # the warm-up fetched them all at once
-    assert sum(counted) >= 200 + len(warnings) - 1
+    assert errors >= 400  # every round fetched them all again
+    lines = [line for line in running.log.getvalue().splitlines() if "job fetches" in line]
+    assert len(lines) == 1, lines
+    assert "level=warning" in lines[0]
+    assert "job fetches failing: not_found=200" in lines[0]
+    simulator.workspace.set_faults(Faults(status=503))
+    time.sleep(0.6)
+    running.get("/metrics")
+    for job_id in missing[:100]:
+        simulator.workspace.set_job(job_id, job_attributes())
+    simulator.workspace.set_faults(Faults())
+    time.sleep(0.6)
+    running.get("/metrics")
+    for job_id in missing[100:]:
+        simulator.workspace.set_job(job_id, job_attributes())
+    time.sleep(0.6)
+    running.get("/metrics")
+    lines = [line for line in running.log.getvalue().splitlines() if "job fetches" in line]
+    assert "job fetches failing: server_error=200" in lines[1]
+    assert "job fetches no longer failing" in lines[-1]
+    assert len(lines) <= 4, lines

@@ -11,6 +11,8 @@ import pytest
 from cerby_exporter.model import (
     ErrorDetails,
     InvalidJob,
+    Job,
+    job_document,
     normalize_status,
     parse_job,
     parse_job_body,
@@ -239,3 +241,21 @@ def test_unknown_fields_are_ignored() -> None:
     document["data"]["attributes"]["brandNewField"] = {"deep": [1, 2, 3]}
     document["included"] = [{"type": "account"}]
     assert parse_job(document, JOB_ID).status == "finished"
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        parse_job(FINISHED_EXAMPLE, JOB_ID),
+        parse_job(CREATED_EXAMPLE, JOB_ID),
+        Job(
+            JOB_ID, "error", "revoke_access", "user_deprovisioned", "discord_tenant", "acc-1",
+            'Brand "X"', "user-1", "Dana Example", False, 1700000000.25, 1700000090.5,
+            ErrorDetails("login_failed", True, "https://example.invalid/s.png"), True,
+        ),
+        Job(JOB_ID, "paused", *(None,) * 12),
+        parse_job({"data": {"attributes": None}}, JOB_ID),
+    ],
+)  # fmt: skip
+def test_a_job_written_for_the_state_file_reads_back_the_same(job: Job) -> None:
+    assert parse_job_body(job_document(job), JOB_ID) == job

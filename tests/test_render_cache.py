@@ -1,43 +1,47 @@
 """The job part of the exposition: rendered once per change of data, compressed once, reused.
 
-A rig wires the real settings-free chain (client -> cache -> collector -> app) to an in-memory
-Cerby (httpx.MockTransport) and one injected clock, so time moves only when a test moves it.
+A rig wires the settings-free chain (client -> cache -> collector) to an in-memory Cerby
+(httpx.MockTransport) and one injected clock, so time moves only when a test moves it; each test
+drives it on one event loop. What goes over the wire (gzip, OpenMetrics) is checked against an
+exporter serving the simulator on a loopback socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
-import os
-import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
-from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from prometheus_client.openmetrics import parser as openmetrics_parser
-from prometheus_client.parser import text_string_to_metric_families as parse_text
-from prometheus_client.utils import floatToGoString as _untyped_go_string
 
-from cerby_exporter.app import App, Request, Response
 from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.cache import JobCache, TTLPolicy
 from cerby_exporter.client import ApiKey, CerbyClient
-from cerby_exporter.collector import Collector, View
-from cerby_exporter.exposition import go_float, gzip_finish, gzip_member
+from cerby_exporter.collector import Collector, HealthCollector, JobPart, View
+from cerby_exporter.exposition import (
+    EMPTY_PREFIX,
+    gzip_finish,
+    gzip_member,
+    gzip_prefix,
+    gzip_tail,
+    stored_blocks,
+)
 from cerby_exporter.jobids import JobIdSource
 from cerby_exporter.metrics import ExporterMetrics
-from cerby_exporter.simulator import job_document
+from cerby_exporter.simulator import Simulator, job_document
+from tests.e2e import job_ids_with, parse_samples, value
+from tests.support import FINISHED as SIM_FINISHED
+from tests.support import Running, settings_for
 
 parse_openmetrics = cast(
     Callable[[str], Iterable[Metric]], openmetrics_parser.text_string_to_metric_families
-)
-generate_openmetrics = cast(
-    Callable[[CollectorRegistry], bytes], openmetrics_exposition.generate_latest
 )
 
 RUNNING = "aaaaaaaa-0000-0000-0000-000000000001"
@@ -66,12 +70,10 @@ class FakeCerby:
             LATER: attributes("created"),
         }
         self.requests: dict[str, int] = {}
-        self.lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         job_id = request.url.path.rsplit("/", 1)[-1]
-        with self.lock:
-            self.requests[job_id] = self.requests.get(job_id, 0) + 1
+        self.requests[job_id] = self.requests.get(job_id, 0) + 1
         if job_id not in self.jobs:
             return httpx.Response(404, json={"errors": []})
         return httpx.Response(200, json=job_document(job_id, self.jobs[job_id]))
@@ -124,6 +126,10 @@ class Rig:
             wall_clock=self.clock,
         )
         view = View(TTL, TERMINAL_TTL, MAX_STALENESS, sparse_status=sparse, creator_labels=False)
+        registry = CollectorRegistry(auto_describe=False)
+        health = HealthCollector(MAX_STALENESS)
+        registry.register(health)
+        registry.register(metrics)
         self.collector = Collector(
             view,
             policy,
@@ -132,143 +138,221 @@ class Rig:
             self.client,
             metrics,
             self.gate,
+            registry,
+            health,
             default_scrape_timeout=10,
             scrape_timeout_offset=0.5,
             clock=self.clock,
             wall_clock=self.clock,
         )
-        self.app = App(self.collector, self.close)
 
-    def close(self) -> None:
-        self.cache.close()
-        self.client.close()
+    async def close(self) -> None:
+        await self.cache.close()
+        await self.client.close()
 
-    def get(self, accept: str = TEXT, encoding: str = "") -> Response:
-        headers = {"accept": accept, "accept-encoding": encoding}
-        return self.app.handle(Request("GET", "/metrics", {}, headers))
+    async def scrape(self, openmetrics: bool = False) -> tuple[JobPart, bytes]:
+        return await self.collector.scrape_parts(None, openmetrics)
 
-    def text(self) -> str:
-        return self.get().content().decode()
-
-
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    made = Rig(JobIdSource((RUNNING, FINISHED), None, 10))
-    yield made
-    made.close()
+    async def text(self, openmetrics: bool = False) -> str:
+        jobs, rest = await self.scrape(openmetrics)
+        return (jobs.body + rest).decode()
 
 
-def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """The samples called `name`, keyed by their sorted labels."""
-    found: dict[tuple[tuple[str, str], ...], float] = {}
-    for family in parse_text(text):
-        for sample in family.samples:
-            if sample.name == name:
-                found[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
+def run(
+    scenario: Callable[[Rig], Awaitable[None]], ids: JobIdSource | None = None, sparse: bool = False
+) -> None:
+    """Run `scenario` on a rig of its own, on one event loop."""
+
+    async def main() -> None:
+        rig = Rig(ids or JobIdSource((RUNNING, FINISHED), None, 10), sparse)
+        try:
+            await scenario(rig)
+        finally:
+            await rig.close()
+
+    asyncio.run(main())
 
 
 def job_ids_in(text: str, name: str) -> set[str]:
-    return {dict(labels)["job_id"] for labels in series(text, name)}
+    return job_ids_with(parse_samples(text), name)
 
 
-def test_warm_scrapes_send_the_same_job_part_rendered_once(rig: Rig) -> None:
-    first_jobs, _ = rig.collector.scrape_parts(None, openmetrics=False)
-    renders = rig.collector.job_part_renders
-    requests = dict(rig.cerby.requests)
-    for _ in range(5):
-        rig.clock.now += 10  # within every TTL
-        jobs, rest = rig.collector.scrape_parts(None, openmetrics=False)
-        assert jobs is first_jobs
-    assert rig.collector.job_part_renders == renders == 1
-    assert rig.cerby.requests == requests == {RUNNING: 1, FINISHED: 1}
-    text = (jobs.body + rest).decode()
-    assert series(text, "cerby_cache_requests_total")[(("result", "hit"),)] == 10
-    assert job_ids_in(text, "cerby_job_info") == {RUNNING, FINISHED}
+def test_warm_scrapes_send_the_same_job_part_rendered_once() -> None:
+    async def scenario(rig: Rig) -> None:
+        first_jobs, _ = await rig.scrape()
+        renders = rig.collector.job_part_renders
+        requests = dict(rig.cerby.requests)
+        for _ in range(5):
+            rig.clock.now += 10  # within every TTL
+            jobs, rest = await rig.scrape()
+            assert jobs is first_jobs
+        assert rig.collector.job_part_renders == renders == 1
+        assert rig.cerby.requests == requests == {RUNNING: 1, FINISHED: 1}
+        samples = parse_samples((jobs.body + rest).decode())
+        assert value(samples, "cerby_cache_requests_total", result="hit") == 10
+        assert value(samples, "cerby_up") == 1
+        assert job_ids_with(samples, "cerby_job_info") == {RUNNING, FINISHED}
+
+    run(scenario)
 
 
-def test_the_compressed_job_part_is_made_once(rig: Rig) -> None:
-    rig.get(encoding="gzip")
-    jobs, _ = rig.collector.scrape_parts(None, openmetrics=False)
-    prefix, in_file = jobs.gzip_prefix()
-    assert in_file.data is prefix.deflated
-    assert in_file.fd is not None  # Linux has memfd_create
-    assert os.pread(in_file.fd, len(in_file) + 1, 0) == prefix.deflated
-    for _ in range(3):
-        response = rig.get(encoding="gzip")
-        assert response.more[0] is in_file  # sent as it lies, not copied
-    assert rig.collector.job_part_renders == 1
+def test_the_compressed_job_part_is_made_once() -> None:
+    async def scenario(rig: Rig) -> None:
+        jobs, _ = await rig.scrape()
+        together = await asyncio.gather(jobs.gzip_prefix(), jobs.gzip_prefix())
+        assert together[0] is together[1]  # concurrent scrapes wait for the same compression
+        for _ in range(3):
+            again, _ = await rig.scrape()
+            assert await again.gzip_prefix() is together[0]
+        assert together[0] == gzip_prefix(jobs.body)
+        assert rig.collector.job_part_renders == 1
+
+    run(scenario)
 
 
-def test_new_data_renders_the_job_part_again(rig: Rig) -> None:
-    before = rig.text()
-    rig.cerby.jobs[RUNNING] = attributes("error")
-    rig.clock.now += TTL + 1  # the running job is due, the finished one is not
-    after = rig.text()
-    assert rig.collector.job_part_renders == 2
-    assert rig.cerby.requests == {RUNNING: 2, FINISHED: 1}
-    status = series(after, "cerby_job_status")
-    running = {dict(k)["status"]: v for k, v in status.items() if dict(k)["job_id"] == RUNNING}
-    assert running["error"] == 1
-    assert running["running"] == 0
-    assert before != after
+def test_new_data_renders_the_job_part_again() -> None:
+    async def scenario(rig: Rig) -> None:
+        before = await rig.text()
+        first, _ = await rig.scrape()
+        first_prefix = await first.gzip_prefix()
+        rig.cerby.jobs[RUNNING] = attributes("error")
+        rig.clock.now += TTL + 1  # the running job is due, the finished one is not
+        after = await rig.text()
+        assert rig.collector.job_part_renders == 2
+        assert rig.cerby.requests == {RUNNING: 2, FINISHED: 1}
+        samples = parse_samples(after)
+        status = {"job_id": RUNNING, "workflow_type": "password_rotation", "provider": "x"}
+        assert value(samples, "cerby_job_status", **status, status="error") == 1
+        assert value(samples, "cerby_job_status", **status, status="running") == 0
+        assert before != after
+        jobs, _ = await rig.scrape()
+        prefix = await jobs.gzip_prefix()
+        assert prefix is not first_prefix  # compressed anew, from the new body
+        assert one_member(gzip_finish(prefix, b"")) == jobs.body
+
+    run(scenario)
 
 
-def test_a_job_crossing_its_staleness_limit_renders_again_without_new_data(rig: Rig) -> None:
-    fetched = rig.clock.now
-    rig.text()
-    rig.gate.trip(10 * TERMINAL_TTL)  # a long 429 back-off: no request, so no new data
-    shown_until = fetched + TTL + MAX_STALENESS  # of the running job
-    rig.clock.now = shown_until  # the last moment its data may be shown
-    at_limit = rig.text()
-    assert rig.collector.job_part_renders == 1
-    assert job_ids_in(at_limit, "cerby_job_info") == {RUNNING, FINISHED}
-    assert series(at_limit, "cerby_stale_jobs") == {(): 0}
+def test_a_job_crossing_its_staleness_limit_renders_again_without_new_data() -> None:
+    async def scenario(rig: Rig) -> None:
+        fetched = rig.clock.now
+        await rig.text()
+        rig.gate.trip(10 * TERMINAL_TTL)  # a long 429 back-off: no request, so no new data
+        shown_until = fetched + TTL + MAX_STALENESS  # of the running job
+        rig.clock.now = shown_until  # the last moment its data may be shown
+        at_limit = parse_samples(await rig.text())
+        assert rig.collector.job_part_renders == 1
+        assert job_ids_with(at_limit, "cerby_job_info") == {RUNNING, FINISHED}
+        assert value(at_limit, "cerby_stale_jobs") == 0
 
-    rig.clock.now = shown_until + 0.001
-    past = rig.text()
-    assert rig.collector.job_part_renders == 2
-    assert rig.cerby.requests == {RUNNING: 1, FINISHED: 1}
-    assert job_ids_in(past, "cerby_job_info") == {FINISHED}
-    assert series(past, "cerby_job_fetch_success")[(("job_id", RUNNING),)] == 0
-    assert series(past, "cerby_stale_jobs") == {(): 1}
-    rig.text()
-    assert rig.collector.job_part_renders == 2  # and that rendering holds again
+        rig.clock.now = shown_until + 0.001
+        past = parse_samples(await rig.text())
+        assert rig.collector.job_part_renders == 2
+        assert rig.cerby.requests == {RUNNING: 1, FINISHED: 1}
+        assert job_ids_with(past, "cerby_job_info") == {FINISHED}
+        assert value(past, "cerby_job_fetch_success", job_id=RUNNING) == 0
+        assert value(past, "cerby_stale_jobs") == 1
+        await rig.text()
+        assert rig.collector.job_part_renders == 2  # and that rendering holds again
+
+    run(scenario)
 
 
 def test_changed_job_ids_render_again(tmp_path: Path) -> None:
     ids_file = tmp_path / "ids"
     ids_file.write_text(f"{RUNNING}\n")
-    made = Rig(JobIdSource((), ids_file, 10))
-    try:
-        assert job_ids_in(made.text(), "cerby_job_info") == {RUNNING}
+
+    async def scenario(rig: Rig) -> None:
+        assert job_ids_in(await rig.text(), "cerby_job_info") == {RUNNING}
         replacement = tmp_path / "ids.new"
         replacement.write_text(f"{RUNNING}\n{LATER}\n")
         replacement.replace(ids_file)
-        assert job_ids_in(made.text(), "cerby_job_info") == {RUNNING, LATER}
-        assert made.collector.job_part_renders == 2
-    finally:
-        made.close()
+        assert job_ids_in(await rig.text(), "cerby_job_info") == {RUNNING, LATER}
+        assert rig.collector.job_part_renders == 2
+
+    run(scenario, JobIdSource((), ids_file, 10, recheck_seconds=0))
 
 
 @pytest.mark.parametrize("accept", [TEXT, OPENMETRICS])
-def test_a_gzip_answer_is_one_member_holding_exactly_the_plain_body(rig: Rig, accept: str) -> None:
-    rig.get()  # warm
-    jobs, rest = rig.collector.scrape_parts(None, openmetrics=accept == OPENMETRICS)
-    member = gzip_finish(jobs.gzip_prefix()[0], rest)
-    # One member, as a streaming reader that stops at the first member end (httpx) sees it.
+def test_a_gzip_answer_is_one_member_holding_exactly_the_plain_body(accept: str) -> None:
+    async def scenario(rig: Rig) -> None:
+        await rig.scrape()  # warm
+        jobs, rest = await rig.scrape(openmetrics=accept == OPENMETRICS)
+        prefix = await jobs.gzip_prefix()
+        member = prefix.deflated + gzip_tail(prefix, rest)  # as the answer is written
+        # One member, as a streaming reader that stops at the first member end (httpx) sees it.
+        reader = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        assert reader.decompress(member) == jobs.body + rest
+        assert reader.eof
+        assert reader.unused_data == b""
+        assert gzip.decompress(member) == jobs.body + rest
+        assert member == gzip_finish(prefix, rest)
+        assert rest.endswith(b"# EOF\n") == (accept == OPENMETRICS)
+
+    run(scenario)
+
+
+def test_text_and_openmetrics_answers_parse_and_share_the_job_part() -> None:
+    async def scenario(rig: Rig) -> None:
+        text_jobs, text_rest = await rig.scrape(openmetrics=False)
+        om_jobs, om_rest = await rig.scrape(openmetrics=True)
+        assert om_jobs is text_jobs  # one job part serves both formats
+        assert rig.collector.job_part_renders == 1
+        text = (text_jobs.body + text_rest).decode()
+        openmetrics = (om_jobs.body + om_rest).decode()
+        assert openmetrics.endswith("# EOF\n")
+        assert not text.endswith("# EOF\n")
+
+        families = {family.name: family for family in parse_openmetrics(openmetrics)}
+        info = [s for s in families["cerby_job_info"].samples if s.labels["job_id"] == RUNNING]
+        assert info[0].labels["account_name"] == 'Brand "X"'
+        assert families["cerby_api_requests"].type == "counter"
+        assert families["cerby_up"].samples[0].value == 1
+        samples = parse_samples(text)
+        labels = {"job_id": RUNNING, "provider": "x", "workflow_type": "password_rotation"}
+        assert value(samples, "cerby_job_status", **labels, status="running") == 1
+        statuses = [key for key in samples if key[0] == "cerby_job_status"]
+        assert len(statuses) == 2 * 7  # dense: every status of both jobs
+
+    run(scenario)
+
+
+def test_sparse_status_series_are_cached_the_same_way() -> None:
+    async def scenario(rig: Rig) -> None:
+        text = await rig.text()
+        await rig.text()
+        shown = {
+            (dict(labels)["job_id"], dict(labels)["status"], number)
+            for (name, labels), number in parse_samples(text).items()
+            if name == "cerby_job_status"
+        }
+        assert shown == {(RUNNING, "running", 1.0), (FINISHED, "finished", 1.0)}
+        assert rig.collector.job_part_renders == 1
+
+    run(scenario, sparse=True)
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 0xFFFF - 1, 0xFFFF, 0xFFFF + 1, 2 * 0xFFFF, 150_000]
+)  # around the 64 KiB limit of one stored block
+def test_stored_blocks_inflate_to_the_data_and_end_the_stream(size: int) -> None:
+    data = bytes(n % 251 for n in range(size))
+    reader = zlib.decompressobj(-zlib.MAX_WBITS)
+    assert reader.decompress(stored_blocks(data)) == data
+    assert reader.eof  # the last block is marked final
+
+
+@pytest.mark.parametrize(
+    ("head", "tail"),
+    [(b"", b""), (b"", b"cerby_up 1.0\n"), (b"a 1\n" * 1000, b""), (b"a 1\n", b"b" * 200_000)],
+)
+def test_a_compressed_prefix_and_a_stored_tail_make_one_member(head: bytes, tail: bytes) -> None:
+    prefix = gzip_prefix(head) if head else EMPTY_PREFIX
+    member = prefix.deflated + gzip_tail(prefix, tail)
     reader = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    assert reader.decompress(member) == jobs.body + rest
+    assert reader.decompress(member) == head + tail  # the trailer's CRC and size check out
     assert reader.eof
     assert reader.unused_data == b""
-    assert gzip.decompress(member) == jobs.body + rest
-
-    response = rig.get(accept, encoding="gzip")
-    assert dict(response.headers)["Content-Encoding"] == "gzip"
-    assert response.length == len(response.content())
-    text = gzip.decompress(response.content())
-    assert text.startswith(jobs.body)
-    assert text.endswith(b"# EOF\n") == (accept == OPENMETRICS)
 
 
 def test_members_written_one_after_another_read_as_one_stream() -> None:
@@ -277,70 +361,65 @@ def test_members_written_one_after_another_read_as_one_stream() -> None:
     assert gzip.decompress(stream) == b"a 1\nb 2\n"
 
 
-def test_text_and_openmetrics_answers_parse_and_share_the_job_part(rig: Rig) -> None:
-    text = rig.get(TEXT).content().decode()
-    openmetrics = rig.get(OPENMETRICS).content().decode()
-    assert rig.collector.job_part_renders == 1  # one job part serves both formats
-    jobs, _ = rig.collector.scrape_parts(None, openmetrics=True)
-    assert text.encode().startswith(jobs.body)
-    assert openmetrics.encode().startswith(jobs.body)
-    assert openmetrics.endswith("# EOF\n")
-    assert not text.endswith("# EOF\n")
-
-    families = {family.name: family for family in parse_openmetrics(openmetrics)}
-    info = [s for s in families["cerby_job_info"].samples if s.labels["job_id"] == RUNNING]
-    assert info[0].labels["account_name"] == 'Brand "X"'
-    assert families["cerby_api_requests"].type == "counter"
-    status = series(text, "cerby_job_status")
-    labels = (
-        ("job_id", RUNNING),
-        ("provider", "x"),
-        ("status", "running"),
-        ("workflow_type", "password_rotation"),
-    )
-    assert status[labels] == 1
-    assert len(status) == 2 * 7  # dense: every status of both jobs
+def over_the_wire(
+    running: Running, path: str, accept: str, encoding: str
+) -> tuple[dict[str, str], bytes]:
+    """Headers and the body exactly as sent (still compressed, if it was)."""
+    headers = {"Accept": accept, "Accept-Encoding": encoding}
+    with httpx.stream("GET", running.url + path, headers=headers, timeout=30) as response:
+        assert response.status_code == 200
+        return dict(response.headers), b"".join(response.iter_raw())
 
 
-def test_sparse_status_series_are_cached_the_same_way() -> None:
-    made = Rig(JobIdSource((RUNNING, FINISHED), None, 10), sparse=True)
-    try:
-        text = made.text()
-        made.text()
-        status = series(text, "cerby_job_status")
-        shown = {(dict(k)["job_id"], dict(k)["status"], v) for k, v in status.items()}
-        assert shown == {(RUNNING, "running", 1.0), (FINISHED, "finished", 1.0)}
-        assert made.collector.job_part_renders == 1
-    finally:
-        made.close()
+def one_member(raw: bytes) -> bytes:
+    reader = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    data = reader.decompress(raw)
+    assert reader.eof
+    assert reader.unused_data == b""
+    return data
 
 
-go_string = cast(Callable[[float], str], _untyped_go_string)
+@pytest.mark.parametrize("accept", [TEXT, OPENMETRICS])
+def test_over_the_wire_gzip_and_plain_answers_carry_the_same_job_part(
+    simulator: Simulator, exporter_factory: Callable[..., Running], accept: str
+) -> None:
+    running = exporter_factory(**settings_for(simulator))
+    collector = running.exporter.collector
+    running.call(collector.ready.wait())
+    plain_headers, plain = over_the_wire(running, "/metrics", accept, "identity")
+    gzip_headers, raw = over_the_wire(running, "/metrics", accept, "gzip")
+    jobs, _ = running.call(collector.scrape_parts(None, accept == OPENMETRICS))
+    assert collector.job_part_renders == 1  # one rendering for every answer, in any format
+
+    assert "content-encoding" not in plain_headers
+    assert gzip_headers["content-encoding"] == "gzip"
+    assert int(gzip_headers["content-length"]) == len(raw)
+    assert int(plain_headers["content-length"]) == len(plain)
+    unpacked = one_member(raw)
+    assert plain.startswith(jobs.body)
+    assert unpacked.startswith(jobs.body)
+    # The rest is rendered for each scrape (durations, counters): the same series, new values.
+    assert parse_samples(plain.decode()).keys() == parse_samples(unpacked.decode()).keys()
+    for body, headers in ((plain, plain_headers), (unpacked, gzip_headers)):
+        if accept == OPENMETRICS:
+            assert headers["content-type"].startswith("application/openmetrics-text")
+            assert body.endswith(b"# EOF\n")
+            names = {family.name for family in parse_openmetrics(body.decode())}
+            assert {"cerby_job_info", "cerby_up", "cerby_api_requests"} <= names
+        else:
+            assert headers["content-type"].startswith("text/plain; version=0.0.4")
+            assert not body.endswith(b"# EOF\n")
 
 
-@pytest.mark.parametrize(
-    "number",
-    [0.0, -0.0, 1.0, -1.5, 1e-07, 0.1, 123456.0, 1234567.0, 12345678.9, 1e22, -3e-300,
-     float("inf"), float("-inf"), float("nan"), 10**7, 2**53 + 1],
-)  # fmt: skip
-def test_values_are_written_as_prometheus_client_writes_them(number: float) -> None:
-    assert go_float(number) == go_string(number)
-
-
-def test_own_metrics_are_written_byte_for_byte_as_prometheus_client_writes_them() -> None:
-    metrics = ExporterMetrics()
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics)
-    assert metrics.render(openmetrics=False) == generate_latest(registry)  # all zero
-    for code, seconds in ((200, 0.004), (200, 0.2), (404, 3.0), (500, 20.0), (429, 0.005)):
-        metrics.observe_response(code, seconds)
-    metrics.observe_failed_request(11.0)
-    metrics.count_fetch_error("timeout")
-    metrics.count_cache(10**7, 3, 2)
-    text = metrics.render(openmetrics=False)
-    assert text == generate_latest(registry)
-    assert metrics.render(openmetrics=True) + b"# EOF\n" == generate_openmetrics(registry)
-    assert b'cerby_api_requests_total{code="429"} 1.0\n' in text
-    assert b'cerby_api_request_duration_seconds_bucket{le="0.005"} 2.0\n' in text
-    assert b"cerby_api_request_duration_seconds_count 6.0\n" in text
-    assert b'cerby_cache_requests_total{result="hit"} 1e+07\n' in text
+@pytest.mark.parametrize("accept", [TEXT, OPENMETRICS])
+def test_a_gzip_probe_decompresses_to_exactly_the_plain_probe(
+    simulator: Simulator, exporter_factory: Callable[..., Running], accept: str
+) -> None:
+    running = exporter_factory(**settings_for(simulator))
+    path = f"/probe?target={SIM_FINISHED}"
+    _, plain = over_the_wire(running, path, accept, "identity")
+    headers, raw = over_the_wire(running, path, accept, "gzip")
+    assert headers["content-encoding"] == "gzip"
+    assert one_member(raw) == plain
+    assert plain.endswith(b"# EOF\n") == (accept == OPENMETRICS)
+    assert job_ids_in(plain.removesuffix(b"# EOF\n").decode(), "cerby_job_info") == {SIM_FINISHED}

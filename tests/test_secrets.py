@@ -6,25 +6,31 @@ rotation; then every byte it printed and every page it served is searched for ei
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import secrets
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 import pytest
+from aiohttp import web
 
 from cerby_exporter import settings as settings_module
+from cerby_exporter.app import start_server
 from cerby_exporter.settings import Settings, effective
 from cerby_exporter.simulator import Faults, Simulator, Workspace
 from tests.e2e import ExporterProcess, clean_env, parse_samples, value
 from tests.support import FAILED, FINISHED, MISSING, RUNNING, small_workspace
+
+T = TypeVar("T")
 
 OLD_KEY = "ck_live_" + secrets.token_urlsafe(24)
 NEW_KEY = "ck_live_" + secrets.token_urlsafe(24)
@@ -202,61 +208,58 @@ def test_settings_never_show_the_key(monkeypatch: pytest.MonkeyPatch, isolated_e
     assert leaks(str(caught.value)) == []
 
 
-class _Redirector(BaseHTTPRequestHandler):
-    """A Cerby that answers every job with a redirect to another host (a port, here)."""
+@dataclass
+class RedirectingCerby:
+    """A Cerby that answers every request with a redirect to another host (a port, here), and
+    that host, which remembers the `X-API-Key` of each request that reaches it."""
 
-    target = ""
-
-    def do_GET(self) -> None:
-        self.send_response(307)
-        self.send_header("Location", self.target + self.path)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet."""
-
-
-class _Capture(BaseHTTPRequestHandler):
-    seen: list[str | None] = []  # noqa: RUF012
-
-    def do_GET(self) -> None:
-        self.seen.append(self.headers.get("X-API-Key"))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet."""
+    url: str
+    seen: list[str | None]
 
 
 @pytest.fixture
-def redirecting_cerby() -> Iterator[str]:
-    capture = ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
-    _Capture.seen = []
-    handler = type(
-        "Handler", (_Redirector,), {"target": f"http://127.0.0.1:{capture.server_address[1]}"}
-    )
-    redirector = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threads = [
-        threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True)
-        for server in (capture, redirector)
-    ]
-    for thread in threads:
-        thread.start()
-    yield f"http://127.0.0.1:{redirector.server_address[1]}/api/v1"
-    for server in (capture, redirector):
-        server.shutdown()
-        server.server_close()
+def redirecting_cerby() -> Iterator[RedirectingCerby]:
+    seen: list[str | None] = []
+
+    async def capture(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("X-API-Key"))
+        return web.Response()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="redirecting-cerby", daemon=True)
+    thread.start()
+
+    def on_loop(work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, loop).result(30)
+
+    other = web.Application()
+    other.router.add_route("*", "/{tail:.*}", capture)
+    other_runner, other_port = on_loop(start_server(other, "127.0.0.1", 0))
+
+    async def redirect(request: web.Request) -> web.Response:
+        location = f"http://127.0.0.1:{other_port}{request.path_qs}"
+        return web.Response(status=307, headers={"Location": location})
+
+    cerby = web.Application()
+    cerby.router.add_route("*", "/{tail:.*}", redirect)
+    runner, port = on_loop(start_server(cerby, "127.0.0.1", 0))
+    yield RedirectingCerby(f"http://127.0.0.1:{port}/api/v1", seen)
+    on_loop(runner.cleanup())
+    on_loop(other_runner.cleanup())
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
 
 
-def test_a_redirect_is_never_followed(redirecting_cerby: str, tmp_path: Path) -> None:
-    args = ["--api-url", redirecting_cerby, "--job-ids", FINISHED, "--log.level", "debug"]
+def test_a_redirect_is_never_followed(redirecting_cerby: RedirectingCerby, tmp_path: Path) -> None:
+    args = ["--api-url", redirecting_cerby.url, "--job-ids", FINISHED, "--log.level", "debug"]
     with ExporterProcess(args, tmp_path, {"CERBY_API_KEY": OLD_KEY}) as exporter:
         exporter.wait_ready()
         samples = scrape(exporter.url)
+        page = httpx.get(exporter.url + "/", timeout=15).text
         assert exporter.terminate() == 0
     assert value(samples, "cerby_api_requests_total", code="307") is not None
     assert value(samples, "cerby_job_fetch_errors_total", reason="invalid_response") == 1
-    assert _Capture.seen == []  # the other host never heard from us
+    assert redirecting_cerby.seen == []  # the other host never heard from us
     assert leaks(exporter.stderr() + exporter.stdout()) == []
+    assert leaks(page) == []

@@ -32,6 +32,18 @@ JOB_FILTER = 'job=~"$job", provider=~"$provider", workflow_type=~"$workflow_type
 TARGET_FILTER = 'job=~"$job", instance=~"$instance"'
 IN_FLIGHT = 'status=~"created|started|running|retrying"'
 
+WEBHOOK_RESULT_COLORS = {
+    "accepted": "green",
+    "duplicate": "blue",
+    "ignored": "text",
+    "bad_signature": "red",
+    "stale_timestamp": "orange",
+    "unknown_key": "purple",
+    "malformed": "dark-red",
+    "too_large": "dark-orange",
+    "unavailable": "yellow",
+}
+
 STATUS_COLORS = {
     "created": "blue",
     "started": "purple",
@@ -519,6 +531,34 @@ def overview() -> Json:
             ],
             stacked=True,
         ),
+        row("Automation events (webhooks)"),
+        timeseries(
+            "Automation events by type and application",
+            "Events Cerby's webhooks reported, each counted once however often it was "
+            "delivered, by event type and application. Only exporters with a webhook receiver "
+            "have them; the provider and workflow type filters do not apply.",
+            [
+                target(
+                    "sum by (event_type, application) "
+                    '(increase(cerby_automation_events_total{job=~"$job"}[$__rate_interval]))',
+                    "{{event_type}} / {{application}}",
+                )
+            ],
+            stacked=True,
+        ),
+        timeseries(
+            "Automation failures by application and error code",
+            "Failure events (those with an error code) from Cerby's webhooks, by application "
+            "and Cerby's error code, e.g. BadCredentials or NotEnoughSeats.",
+            [
+                target(
+                    "sum by (application, error_code) (increase(cerby_automation_events_total"
+                    '{job=~"$job", error_code!=""}[$__rate_interval]))',
+                    "{{application}}: {{error_code}}",
+                )
+            ],
+            stacked=True,
+        ),
         table(
             "Firing Cerby alerts",
             "Alerts of cerby-exporter.rules.yml firing now.",
@@ -577,7 +617,7 @@ def exporter_health() -> Json:
         ),
         stat(
             "Tracked jobs",
-            "Job IDs configured for collection.",
+            "Job IDs collected: configured ones and those learned from webhooks.",
             f"sum(cerby_tracked_jobs{{{g}}})",
             steps=thresholds((None, "blue")),
         ),
@@ -721,8 +761,8 @@ def exporter_health() -> Json:
         ),
         timeseries(
             "Tracked and stale jobs",
-            "Configured job IDs, those whose data is too old to show, and those whose latest "
-            "fetch failed.",
+            "Tracked job IDs (configured and learned), those whose data is too old to show, "
+            "and those whose latest fetch failed.",
             [
                 target(f"sum(cerby_tracked_jobs{{{g}}})", "tracked"),
                 target(f"sum(cerby_stale_jobs{{{g}}})", "stale"),
@@ -741,11 +781,80 @@ def exporter_health() -> Json:
             hidden=("Time", "__name__", "Value"),
             height=5,
         ),
+        row("Webhooks"),
+        timeseries(
+            "Webhook deliveries by result",
+            "Deliveries to the webhook receiver per second, by result: accepted, duplicate "
+            "(a retry of a stored event) and ignored (no job in it) are answered 2xx; "
+            "bad_signature, stale_timestamp and malformed are refused for good; unknown_key "
+            "and unavailable are answered 503 for Cerby to retry; too_large is refused.",
+            [
+                target(
+                    "sum by (result) "
+                    f"(rate(cerby_webhook_requests_total{{{g}}}[$__rate_interval]))",
+                    "{{result}}",
+                )
+            ],
+            unit="reqps",
+            stacked=True,
+            overrides=[
+                by_name(name, color={"mode": "fixed", "fixedColor": color})
+                for name, color in WEBHOOK_RESULT_COLORS.items()
+            ],
+        ),
+        timeseries(
+            "Time since the last verified delivery",
+            "Seconds since the webhook receiver last verified a delivery (kept across restarts "
+            "in the state file), against the threshold of the alert CerbyWebhooksSilent. "
+            "Empty for a receiver that never verified one.",
+            [
+                target(
+                    "time() - max by (instance) "
+                    f"(cerby_webhook_last_event_timestamp_seconds{{{g}}} > 0)",
+                    "{{instance}}",
+                ),
+                target("cerby:threshold:webhook_silence_seconds", "alert threshold"),
+            ],
+            unit="s",
+            overrides=[
+                by_name(
+                    "alert threshold",
+                    color={"mode": "fixed", "fixedColor": "red"},
+                    **{"custom.lineStyle": {"fill": "dash", "dash": [10, 10]}},
+                )
+            ],
+        ),
+        timeseries(
+            "Tracked jobs by source",
+            "Job IDs collected, by where they came from: configured (flags, job-ID file) or "
+            "learned from webhooks.",
+            [target(f"sum by (source) (cerby_tracked_jobs{{{g}}})", "{{source}}")],
+            stacked=True,
+        ),
+        timeseries(
+            "Forgotten and dropped jobs",
+            "Learned jobs no longer tracked: forgotten after --job-retention in a terminal "
+            "state, or to make room under --max-jobs; and jobs not tracked at all because "
+            "--max-jobs was reached with every learned job in flight (alert CerbyJobsDropped).",
+            [
+                target(
+                    "sum by (reason) "
+                    f"(increase(cerby_jobs_forgotten_total{{{g}}}[$__rate_interval]))",
+                    "forgotten ({{reason}})",
+                ),
+                target(
+                    f"sum(increase(cerby_jobs_dropped_total{{{g}}}[$__rate_interval]))",
+                    "dropped at the cap",
+                ),
+            ],
+            overrides=[by_name("dropped at the cap", color={"mode": "fixed", "fixedColor": "red"})],
+        ),
     ]
     return dashboard(
         "cerby-exporter-health",
         "Cerby exporter health",
-        "How cerby-exporter talks to the Cerby API: latency, errors, rate limiting, cache.",
+        "How cerby-exporter talks to the Cerby API (latency, errors, rate limiting, cache) and "
+        "what its webhook receiver gets.",
         [
             query_variable("job", "Exporter job", "label_values(cerby_up, job)"),
             query_variable("instance", "Instance", 'label_values(cerby_up{job=~"$job"}, instance)'),

@@ -2,7 +2,8 @@
 
 Paths of the shipped files, PromQL taken apart just enough to list metric names, and real
 processes (Prometheus, Alertmanager, the exporter, the simulator) started on loopback ports and
-always stopped.
+always stopped; an exporter's webhook receiver turned on, and fed signed deliveries, so that its
+series exist in real output.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from tests.support import WebhookKeys, envelope
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = REPO / "dashboards"
@@ -80,6 +83,16 @@ def alerts() -> list[dict[str, Any]]:
 
 def recorded_names() -> set[str]:
     return {rule["record"] for rule in rules() if "record" in rule}
+
+
+def threshold_override_names() -> set[str]:
+    """The series an operator may record to override a threshold: one per threshold."""
+    prefix = "cerby:threshold:"
+    return {
+        name.replace(prefix, "cerby:threshold_override:", 1)
+        for name in recorded_names()
+        if name.startswith(prefix)
+    }
 
 
 def load_dashboard(path: Path) -> dict[str, Any]:
@@ -187,11 +200,20 @@ def free_port() -> int:
 
 
 def http(
-    url: str, method: str = "GET", body: Any = None, timeout: float = 5.0
+    url: str,
+    method: str = "GET",
+    body: Any = None,
+    timeout: float = 5.0,
+    *,
+    raw: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
+    """`body` is sent as JSON; `raw` as the bytes it is, with `headers` (a signed delivery)."""
+    data = raw
+    if data is None and body is not None:
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None and not request.has_header("Content-type"):
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -329,3 +351,33 @@ def prometheus(config: Path, work_dir: Path) -> Iterator[str]:
     with running("prometheus", args, work_dir) as service:
         service.wait_ready(f"{url}/-/ready", timeout=30)
         yield url
+
+
+# --- the webhook receiver ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookReceiver:
+    """What an exporter process needs for its webhook receiver: signing keys made for the test
+    (tests/support.py's), a state file, and a way to send it deliveries signed as Cerby signs."""
+
+    keys: WebhookKeys
+    state: Path
+    path: str = "/webhooks/cerby"
+
+    @classmethod
+    def in_directory(cls, work: Path) -> WebhookReceiver:
+        return cls(WebhookKeys(work / "webhook-keys.yaml").write(), work / "state.sqlite")
+
+    def flags(self) -> list[str]:
+        return ["--webhook.keys-file", str(self.keys.path), "--state.path", str(self.state)]
+
+    def deliver(self, exporter: str, job_id: str | None, **event: Any) -> str:
+        """POST one signed event envelope to the exporter; returns the receiver's result."""
+        body = envelope(job_id, **event)
+        status, answer = http(
+            exporter + self.path, "POST", raw=body, headers=self.keys.headers(body)
+        )
+        result: str = json.loads(answer)["result"]
+        assert status == 200, f"webhook delivery answered {status}: {result}"
+        return result

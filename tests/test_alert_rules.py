@@ -45,8 +45,21 @@ EXPORTER_ALERTS = {
     "CerbyExporterDown",
     "CerbyExporterAbsent",
 }
+# Alerts on the webhook receiver (no job_id either); silent where it is not enabled.
+WEBHOOK_ALERTS = {
+    "CerbyWebhookBadSignature",
+    "CerbyWebhookUnknownKey",
+    "CerbyJobsDropped",
+    "CerbyWebhooksSilent",
+}
+EVERY_ALERT = JOB_ALERTS | EXPORTER_ALERTS | WEBHOOK_ALERTS
 CRITICAL = {"CerbyAccessRemovalJobFailed", "CerbyAccessRemovalJobStuck", "CerbyApiKeyRejected"}
-THRESHOLDS = {"job_stuck_seconds": 3600, "job_data_stale_seconds": 900, "api_error_ratio": 0.1}
+THRESHOLDS = {
+    "job_stuck_seconds": 3600,
+    "job_data_stale_seconds": 900,
+    "api_error_ratio": 0.1,
+    "webhook_silence_seconds": 21600,
+}
 RULE_TEST_FILES = sorted(RULE_TESTS_DIR.glob("*.test.yml"))
 
 
@@ -67,12 +80,12 @@ def test_promtool_check_rules_passes_with_lint() -> None:
         OVERRIDES_EXAMPLE,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 21 rules found" in result.stdout
+    assert "SUCCESS: 26 rules found" in result.stdout
     assert "SUCCESS: 2 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
-    assert len(RULE_TEST_FILES) >= 4
+    assert len(RULE_TEST_FILES) >= 5
     result = run(tool("promtool"), "test", "rules", *RULE_TEST_FILES)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_TEST_FILES)
@@ -81,7 +94,7 @@ def test_promtool_unit_tests_pass() -> None:
 def test_the_alerts_the_issue_asks_for_exist_and_no_others() -> None:
     names = [rule["alert"] for rule in alerts()]
     assert len(names) == len(set(names))
-    assert set(names) == JOB_ALERTS | EXPORTER_ALERTS
+    assert set(names) == EVERY_ALERT
 
 
 @pytest.mark.parametrize("rule", alerts(), ids=lambda rule: rule["alert"])
@@ -143,7 +156,7 @@ def test_every_alert_is_unit_tested_both_firing_and_not_firing() -> None:
                 (fires if expected else silent).add(check["alertname"])
                 if any("exp_annotations" in alert for alert in expected):
                     with_annotations.add(check["alertname"])
-    every = JOB_ALERTS | EXPORTER_ALERTS
+    every = EVERY_ALERT
     assert every <= fires, f"never shown firing: {every - fires}"
     assert every <= silent, f"never shown quiet: {every - silent}"
     assert every <= with_annotations, f"annotations never checked: {every - with_annotations}"
@@ -152,7 +165,7 @@ def test_every_alert_is_unit_tested_both_firing_and_not_firing() -> None:
 def test_healthy_workspace_test_checks_every_alert() -> None:
     (case,) = load_yaml(RULE_TESTS_DIR / "healthy.test.yml")["tests"]
     checked = {c["alertname"] for c in case["alert_rule_test"] if not c.get("exp_alerts")}
-    assert checked == JOB_ALERTS | EXPORTER_ALERTS
+    assert checked == EVERY_ALERT
     assert {"expr": "ALERTS", "eval_time": "3h", "exp_samples": []} in case["promql_expr_test"]
 
 
@@ -198,7 +211,11 @@ def test_thresholds_are_overridable_series_with_documented_defaults() -> None:
     assert found == THRESHOLDS
     # No number hides in an alert that a threshold should carry.
     for rule in alerts():
-        if "Stuck" in rule["alert"] or rule["alert"] in ("CerbyJobDataStale", "CerbyApiErrorsHigh"):
+        if "Stuck" in rule["alert"] or rule["alert"] in (
+            "CerbyJobDataStale",
+            "CerbyApiErrorsHigh",
+            "CerbyWebhooksSilent",
+        ):
             assert "cerby:threshold:" in rule["expr"]
     doc = ALERTS_DOC.read_text(encoding="utf-8")
     for name, default in THRESHOLDS.items():
@@ -215,6 +232,38 @@ def test_recording_rules_follow_naming_and_are_used() -> None:
     assert {n for n in used if ":" in n} <= names | {
         f"cerby:threshold_override:{name}" for name in THRESHOLDS
     }
+
+
+def webhook_rule(name: str) -> dict[str, Any]:
+    (rule,) = (rule for rule in alerts() if rule["alert"] == name)
+    return rule
+
+
+def test_webhook_alerts_read_the_receivers_series_per_exporter() -> None:
+    """Each watches one result of the receiver's counters (or the dropped jobs), summed per
+    scrape target, so one exporter's rotation is not another's."""
+    for name, needle in (
+        ("CerbyWebhookBadSignature", 'cerby_webhook_requests_total{result="bad_signature"}'),
+        ("CerbyWebhookUnknownKey", 'cerby_webhook_requests_total{result="unknown_key"}'),
+        ("CerbyJobsDropped", "cerby_jobs_dropped_total"),
+    ):
+        expr = webhook_rule(name)["expr"]
+        assert needle in expr, name
+        assert "sum by (job, instance)" in expr, name
+        assert re.search(r"increase\([^)]*\[15m\]\)", expr), name
+
+
+def test_webhook_silence_waits_for_the_threshold_of_uptime() -> None:
+    """The silence alert needs the receiver's series (absent without one) and an exporter up
+    longer than the threshold: a restart, or a lost state file, does not page."""
+    expr = webhook_rule("CerbyWebhooksSilent")["expr"]
+    assert metric_names(expr) == {
+        "cerby_webhook_last_event_timestamp_seconds",
+        "process_start_time_seconds",
+        "cerby:threshold:webhook_silence_seconds",
+    }
+    assert expr.count("cerby:threshold:webhook_silence_seconds") == 2
+    assert "and on (job, instance)" in expr
 
 
 def test_rule_file_is_a_plain_prometheus_rule_file() -> None:

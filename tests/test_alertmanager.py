@@ -1,6 +1,7 @@
 """The example Alertmanager configuration: valid for amtool, and, in a real Alertmanager,
 routing access-removal failures to security and the rest to operations, one group per Cerby
-job, with job alerts inhibited while the exporter cannot reach Cerby."""
+job, with job alerts inhibited while the exporter cannot reach Cerby, and webhook silence
+while deliveries are refused."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_amtool_check_config_passes() -> None:
     result = amtool("check-config", str(ALERTMANAGER_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-    assert " - 2 inhibit rules" in result.stdout
+    assert " - 3 inhibit rules" in result.stdout
     assert " - 2 receivers" in result.stdout
 
 
@@ -60,6 +61,8 @@ def test_amtool_check_config_passes() -> None:
         (["alertname=CerbyJobStuck", "severity=warning", "access_removal=false"], "operations"),
         (["alertname=CerbyApiKeyRejected", "severity=critical"], "operations"),
         (["alertname=CerbyExporterDown", "severity=warning"], "operations"),
+        (["alertname=CerbyWebhookUnknownKey", "severity=warning"], "operations"),
+        (["alertname=CerbyWebhooksSilent", "severity=warning"], "operations"),
     ],
 )  # fmt: skip
 def test_amtool_routes(labels: list[str], receiver: str) -> None:
@@ -88,7 +91,10 @@ def am_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def alerts_by_job(url: str) -> dict[str, dict[str, Any]]:
     found = http_json(f"{url}/api/v2/alerts")
-    return {a["labels"].get("job_id", a["labels"]["alertname"]): a for a in found}
+    return {
+        a["labels"].get("job_id", f"{a['labels']['alertname']}@{a['labels']['instance']}"): a
+        for a in found
+    }
 
 
 def test_real_alertmanager_routes_groups_and_inhibits(am_url: str) -> None:
@@ -106,13 +112,18 @@ def test_real_alertmanager_routes_groups_and_inhibits(am_url: str) -> None:
             alert("CerbyAccessRemovalJobFailed", "critical", job_id="revoke-b",
                   access_removal="true", **OTHER_EXPORTER),
             alert("CerbyApiErrorsHigh", "warning", **OTHER_EXPORTER),
+            # exporter-a's deliveries are refused: its silence has a known cause.
+            alert("CerbyWebhookUnknownKey", "warning", **EXPORTER),
+            alert("CerbyWebhooksSilent", "warning", **EXPORTER),
+            # exporter-b's receiver is silent with no refused delivery: reported.
+            alert("CerbyWebhooksSilent", "warning", **OTHER_EXPORTER),
         ],
     )  # fmt: skip
 
     def all_in() -> dict[str, dict[str, Any]] | None:
         found = alerts_by_job(am_url)
         inhibited = found.get("revoke-b", {}).get("status", {}).get("inhibitedBy")
-        return found if len(found) == 5 and inhibited else None
+        return found if len(found) == 8 and inhibited else None
 
     found = wait_for("Alertmanager to take the alerts", all_in, timeout=15)
 
@@ -122,12 +133,16 @@ def test_real_alertmanager_routes_groups_and_inhibits(am_url: str) -> None:
     assert receivers("revoke-1") == ["security"]
     assert receivers("revoke-b") == ["security"]
     assert receivers("retry-1") == ["operations"]
-    assert receivers("CerbyApiDown") == ["operations"]
+    assert receivers(f"CerbyApiDown@{OTHER_EXPORTER['instance']}") == ["operations"]
     assert found["revoke-1"]["status"]["state"] == "active"
     assert found["retry-1"]["status"]["state"] == "active"
     assert found["revoke-b"]["status"]["state"] == "suppressed"
-    assert found["CerbyApiErrorsHigh"]["status"]["state"] == "suppressed"
-    assert found["CerbyApiDown"]["status"]["state"] == "active"
+    b, a = OTHER_EXPORTER["instance"], EXPORTER["instance"]
+    assert found[f"CerbyApiErrorsHigh@{b}"]["status"]["state"] == "suppressed"
+    assert found[f"CerbyApiDown@{b}"]["status"]["state"] == "active"
+    assert found[f"CerbyWebhookUnknownKey@{a}"]["status"]["state"] == "active"
+    assert found[f"CerbyWebhooksSilent@{a}"]["status"]["state"] == "suppressed"
+    assert found[f"CerbyWebhooksSilent@{b}"]["status"]["state"] == "active"
 
     # One group per Cerby job: both alerts about retry-1 travel together.
     groups = http_json(f"{am_url}/api/v2/alerts/groups")
@@ -143,4 +158,8 @@ def test_real_alertmanager_routes_groups_and_inhibits(am_url: str) -> None:
     ]
     assert by_key[("security", (("job_id", "revoke-1"),))] == ["CerbyAccessRemovalJobFailed"]
     exporter_group = (("instance", "exporter-b:10366"), ("job", "cerby-exporter"))
-    assert by_key[("operations", exporter_group)] == ["CerbyApiDown", "CerbyApiErrorsHigh"]
+    assert by_key[("operations", exporter_group)] == [
+        "CerbyApiDown",
+        "CerbyApiErrorsHigh",
+        "CerbyWebhooksSilent",
+    ]

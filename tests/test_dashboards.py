@@ -223,6 +223,45 @@ def test_health_dashboard_shows_the_exporters_health() -> None:
     assert names == ["datasource", "job", "instance"]
 
 
+def test_health_dashboard_shows_the_webhook_receiver() -> None:
+    board = BOARDS["cerby-exporter-health.json"]
+    exprs = {
+        item["title"]: " ".join(query["expr"] for query in item["targets"])
+        for item in panels(board)
+        if item["type"] != "row"
+    }
+    deliveries = exprs["Webhook deliveries by result"]
+    assert "sum by (result) (rate(cerby_webhook_requests_total{" in deliveries
+    silence = exprs["Time since the last verified delivery"]
+    assert "cerby_webhook_last_event_timestamp_seconds" in silence
+    assert "cerby:threshold:webhook_silence_seconds" in silence  # the alert's own threshold
+    assert "sum by (source) (cerby_tracked_jobs{" in exprs["Tracked jobs by source"]
+    lost = exprs["Forgotten and dropped jobs"]
+    assert "sum by (reason) (increase(cerby_jobs_forgotten_total{" in lost
+    assert "cerby_jobs_dropped_total" in lost
+
+
+def test_overview_shows_automation_events_by_application_and_error_code() -> None:
+    board = BOARDS["cerby-jobs-overview.json"]
+    events = by_title(board, "Automation events by type and application")["targets"][0]
+    assert events["expr"].startswith("sum by (event_type, application) (increase(")
+    failures = by_title(board, "Automation failures by application and error code")["targets"][0]
+    assert failures["expr"].startswith("sum by (application, error_code) (increase(")
+    assert 'error_code!=""' in failures["expr"]  # success events carry an empty error_code
+    assert failures["legendFormat"] == "{{application}}: {{error_code}}"
+
+
+def test_tracked_jobs_are_summed_over_their_source() -> None:
+    """cerby_tracked_jobs has a `source` label: a query shows it, or sums it away."""
+    seen = 0
+    for query in dashboard_queries():
+        for match in re.finditer(r"cerby_tracked_jobs\b", query.expr):
+            before = query.expr[: match.start()]
+            assert re.search(r"sum(?: by \(source\)| without \(source\))? ?\($", before), query
+            seen += 1
+    assert seen >= 3
+
+
 def test_recording_rules_used_by_dashboards_exist() -> None:
     recorded = recorded_names()
     used: set[str] = set()

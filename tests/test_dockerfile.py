@@ -4,8 +4,10 @@ hadolint lints the Dockerfile; the image's own steps are then replayed on this m
 context that .dockerignore lets through, the build stage's wheel command, the final stage's install
 command into a fresh Python environment, and the ENTRYPOINT started with the final stage's ENV, as
 its numeric USER, from `/`. Where the test runs as root (as on CI) it goes further and starts the
-exporter as a container would: PID 1 of its own PID namespace, on a read-only root filesystem, with
-no capabilities and no new privileges, stopped by a SIGTERM from outside as `docker stop` does.
+exporter as `docker run --read-only --tmpfs /tmp` would: PID 1 of its own PID namespace, on a
+read-only root filesystem, the final stage's other RUN commands having made its state directory,
+with no capabilities and no new privileges, writing its state file into the VOLUME, stopped by a
+SIGTERM from outside as `docker stop` does.
 """
 
 from __future__ import annotations
@@ -30,17 +32,13 @@ from typing import IO
 
 import pytest
 
-from cerby_exporter.settings import DEFAULT_PORT, Settings, flag_of
+from cerby_exporter.settings import DEFAULT_PORT, Settings, env_of, flag_of
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
-# The commands the image runs. The test asserts the Dockerfile holds exactly these, then runs them.
-BUILD_STEP = "python -m pip wheel --no-deps --wheel-dir /dist ."
-INSTALL_STEP = "python -m pip install --no-cache-dir /tmp/dist/*.whl && rm -rf /tmp/dist"
-COPY_WHEEL = "--from=build /dist/ /tmp/dist/"
 OCI_LABELS = ("title", "description", "version", "revision", "created", "licenses", "source")
 
 
@@ -94,6 +92,36 @@ def assignments(keyword: str, stage: list[Instruction]) -> dict[str, str]:
             key, _, value = word.partition("=")
             pairs[key] = value
     return pairs
+
+
+def commands(stage: list[Instruction]) -> list[list[str]]:
+    """Every command of the stage's RUN instructions, split at `&&`, as words."""
+    return [shlex.split(part) for args in args_of("RUN", stage) for part in args.split("&&")]
+
+
+def pip(stage: list[Instruction], action: str) -> list[str]:
+    """The stage's one `python -m pip <action>` command."""
+    (found,) = (c for c in commands(stage) if c[:4] == ["python", "-m", "pip", action])
+    return found
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def wheel_copy() -> tuple[str, str]:
+    """(source in the build stage, destination) of the final stage's one COPY."""
+    (copy,) = args_of("COPY", final_stage())
+    source_stage, source, destination = copy.split()
+    assert source_stage == "--from=build"
+    return source.rstrip("/"), destination.rstrip("/")
+
+
+def state_volume() -> str:
+    (declared,) = args_of("VOLUME", final_stage())
+    (path,) = json.loads(declared)  # the exec form: a path with no word splitting
+    assert isinstance(path, str)
+    return path
 
 
 def entrypoint() -> list[str]:
@@ -158,12 +186,19 @@ def test_two_stages_on_one_pinned_slim_python() -> None:
 
 
 def test_build_stage_builds_the_wheel_and_the_final_stage_installs_only_it() -> None:
-    steps = instructions()
-    build = [i for i in steps if i.stage == 0]
+    build = [i for i in instructions() if i.stage == 0]
     final = final_stage()
-    assert args_of("RUN", build) == [BUILD_STEP]
-    assert args_of("COPY", final) == [COPY_WHEEL]
-    assert args_of("RUN", final) == [INSTALL_STEP]
+    wheel = pip(build, "wheel")
+    assert "--no-deps" in wheel, "the package's own wheel; its dependencies come from PyPI"
+    assert wheel[-1] == "."
+    # The final stage copies the wheel directory, installs the wheel from it and nothing else,
+    # then removes it.
+    source, destination = wheel_copy()
+    assert source == option(wheel, "--wheel-dir").rstrip("/")
+    install = pip(final, "install")
+    assert "--no-cache-dir" in install
+    assert [w for w in install[4:] if not w.startswith("-")] == [f"{destination}/*.whl"]
+    assert ["rm", "-rf", destination] in commands(final)
     # No package manager, compiler or build tool in the final image.
     final_text = " ".join(i.args for i in final)
     for tool in ("apt-get", "apk", "gcc", "build-essential", "setuptools", "pip wheel"):
@@ -184,6 +219,20 @@ def test_final_stage_runs_unprivileged_and_read_only_ready() -> None:
     assert entrypoint() == ["cerby-exporter"]
     assert entrypoint()[0] in PROJECT["scripts"]
     assert args_of("CMD", final) == []
+
+
+def test_state_directory_is_a_volume_named_by_the_state_setting() -> None:
+    """The exporter's one writable place: its state file lives in a VOLUME, so it stays out of
+    the container's layer and is writable on a read-only root filesystem."""
+    final = final_stage()
+    volume = state_volume()
+    state_path = assignments("ENV", final)[env_of("state_path")]
+    assert PurePosixPath(state_path).parent == PurePosixPath(volume)
+    assert PurePosixPath(state_path).name.endswith(".sqlite")
+    # Docker discards what a build step changes in a volume once it is declared: the directory
+    # (and its owner) must be made before the VOLUME instruction.
+    keywords = [i.keyword for i in final]
+    assert keywords.index("VOLUME") > max(n for n, k in enumerate(keywords) if k == "RUN")
 
 
 def test_oci_labels() -> None:
@@ -351,12 +400,18 @@ def as_container() -> bool:
     return probe.returncode == 0
 
 
-def in_container(argv: list[str]) -> list[str]:
-    """`argv` as PID 1 of a new PID namespace, on a read-only root filesystem, as the image's
-    USER with no supplementary groups, no capabilities and no way to gain privileges."""
+def in_container(argv: list[str], setup: list[list[str]]) -> list[str]:
+    """`argv` as PID 1 of a new PID namespace, as the image's USER with no supplementary groups,
+    no capabilities and no way to gain privileges, on a read-only root filesystem with a tmpfs at
+    /tmp (`--tmpfs /tmp`) and one at the parent of the state volume, where the `setup` commands
+    (the final stage's RUN commands but the install) run first, as root, as the build would."""
     user, group = image_user()
+    layer = PurePosixPath(state_volume()).parent
+    steps = " && ".join(shlex.join(command) for command in setup)
     script = (
-        "mount --make-rprivate / && mount -o remount,bind,ro / && "
+        "mount --make-rprivate / && mount -t tmpfs -o mode=1777 tmpfs /tmp && "
+        f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(layer))} && "
+        f"mount -o remount,bind,ro / && {steps} && "
         f"exec setpriv --reuid={user} --regid={group} --clear-groups --no-new-privs "
         '--inh-caps=-all --bounding-set=-all -- "$@"'
     )
@@ -388,8 +443,9 @@ def inner_process(outer: subprocess.Popen[str]) -> int:
 
 @pytest.fixture
 def world_readable_dir() -> Iterator[Path]:
-    """A scratch directory the image's unprivileged user can read (pytest's are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="cerby-image-"))
+    """A scratch directory the image's unprivileged user can read (pytest's are 0700), outside
+    /tmp, which the container test covers with a tmpfs."""
+    path = Path(tempfile.mkdtemp(prefix="cerby-image-", dir="/var/tmp"))
     path.chmod(0o755)
     try:
         yield path
@@ -397,8 +453,13 @@ def world_readable_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def snapshot(root: Path) -> dict[str, float]:
-    return {str(p): p.stat().st_mtime for p in root.rglob("*") if not p.is_symlink()}
+def snapshot(root: Path, skip: Path) -> dict[str, float]:
+    """Modification times of everything under `root` but `skip`."""
+    return {
+        str(p): p.stat().st_mtime
+        for p in root.rglob("*")
+        if not p.is_symlink() and not p.is_relative_to(skip)
+    }
 
 
 def test_image_steps_build_install_and_run_the_exporter(
@@ -409,21 +470,24 @@ def test_image_steps_build_install_and_run_the_exporter(
     dist = world_readable_dir / "dist"
     venv = world_readable_dir / "image"
 
-    # Build stage: WORKDIR /src, COPY . . (what .dockerignore lets through), then BUILD_STEP.
+    # Build stage: WORKDIR /src, COPY . . (what .dockerignore lets through), then its pip wheel.
     for relative in build_context():
         (context / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / relative, context / relative)
-    build = [sys.executable if w == "python" else w for w in shlex.split(BUILD_STEP)]
-    build = [str(dist) if w == "/dist" else w for w in build]
+    wheel_step = pip([i for i in instructions() if i.stage == 0], "wheel")
+    wheel_dir = option(wheel_step, "--wheel-dir")
+    build = [sys.executable if w == "python" else str(dist) if w == wheel_dir else w
+             for w in wheel_step]  # fmt: skip
     subprocess.run(build, cwd=context, check=True, capture_output=True, timeout=180)
     (wheel,) = dist.glob("*.whl")
     assert wheel.name.startswith(f"{PROJECT['name'].replace('-', '_')}-{PROJECT['version']}-")
 
-    # Final stage: a clean Python, then INSTALL_STEP with the wheel COPY put in /tmp/dist.
+    # Final stage: a clean Python, then its pip install, of the wheel the COPY brought.
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    install = shlex.split(INSTALL_STEP.split("&&", maxsplit=1)[0])
-    assert install[0] == "python"
-    install = [str(venv / "bin" / "python"), *install[1:-1], str(wheel)]
+    install_step = pip(final_stage(), "install")
+    pattern = f"{wheel_copy()[1]}/*.whl"
+    install = [str(venv / "bin" / "python") if w == "python" else str(wheel) if w == pattern
+               else w for w in install_step]  # fmt: skip
     subprocess.run(install, check=True, capture_output=True, timeout=300)
 
     # ENV of the final stage and nothing else from this machine; HOME as Docker sets it for a
@@ -433,7 +497,17 @@ def test_image_steps_build_install_and_run_the_exporter(
     program = shutil.which(entrypoint()[0], path=env["PATH"])
     assert program == str(venv / "bin" / entrypoint()[0])
     command = [program, *entrypoint()[1:]]
-    before = snapshot(world_readable_dir)
+    user, group = image_user()
+    contained = as_container()
+    image_state_path = PurePosixPath(env[env_of("state_path")])
+    # Outside a namespace the image's state directory cannot be made: a scratch one stands in.
+    volume = world_readable_dir / "volume"
+    volume.mkdir(mode=0o750)
+    if os.geteuid() == 0:
+        os.chown(volume, user, group)
+    if not contained:
+        env[env_of("state_path")] = str(volume / image_state_path.name)
+    before = snapshot(world_readable_dir, skip=volume)
 
     version = subprocess.run(
         [*command, "--version"],
@@ -449,12 +523,16 @@ def test_image_steps_build_install_and_run_the_exporter(
 
     port = free_port()
     flags = ["--demo", "--web.listen-address", f"127.0.0.1:{port}"]
-    contained = as_container()
-    user, group = image_user()
     log = (tmp_path / "exporter.log").open("a")
     if contained:
+        setup = [c for c in commands(final_stage()) if c != install_step]
         outer = subprocess.Popen(
-            in_container([*command, *flags]), env=env, cwd="/", stdout=log, stderr=log, text=True
+            in_container([*command, *flags], setup),
+            env=env,
+            cwd="/",
+            stdout=log,
+            stderr=log,
+            text=True,
         )
     elif os.geteuid() == 0:
         outer = subprocess.Popen(
@@ -487,6 +565,16 @@ def test_image_steps_build_install_and_run_the_exporter(
             assert re.search(r"^Uid:\s+65532\s", status, re.MULTILINE)
             assert re.search(r"^CapEff:\s+0+$", status, re.MULTILINE)
             assert re.search(r"^NoNewPrivs:\s+1$", status, re.MULTILINE)
+        # The state file is where the image's ENV puts it, in the volume, the user's.
+        state = (
+            Path(f"/proc/{target}/root{image_state_path}")
+            if contained
+            else volume / image_state_path.name
+        )
+        assert state.is_file(), read_log(log)
+        assert (state.stat().st_uid, state.stat().st_gid) == (
+            (user, group) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        )
         # `docker stop`: SIGTERM from outside; a PID 1 without a handler would ignore it.
         os.kill(target, signal.SIGTERM)
         code = outer.wait(timeout=15)
@@ -496,8 +584,8 @@ def test_image_steps_build_install_and_run_the_exporter(
             outer.kill()
             outer.wait()
         log.close()
-    # Nothing was written next to the code or the build (no bytecode, no state files).
-    assert snapshot(world_readable_dir) == before
+    # Nothing was written next to the code or the build (no bytecode, no state files there).
+    assert snapshot(world_readable_dir, skip=volume) == before
     assert time.monotonic() - started < 120
 
 

@@ -29,6 +29,7 @@ from tests.prom_support import (
     DASHBOARD_FILES,
     PROMETHEUS_METRICS,
     RULES_FILE,
+    WebhookReceiver,
     alertmanager,
     clean_env,
     free_port,
@@ -42,6 +43,7 @@ from tests.prom_support import (
     rules,
     running,
     substitute_variables,
+    threshold_override_names,
     variable_queries,
     wait_for,
 )
@@ -160,6 +162,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     exporter = f"http://127.0.0.1:{exporter_port}"
     ids_file = work / "job-ids.txt"
     write_job_ids(ids_file, list(HEALTHY))
+    receiver = WebhookReceiver.in_directory(work)
     sim_args = [sys.executable, "-m", "cerby_exporter.simulator", "--listen",
                 f"127.0.0.1:{sim_port}", "--api-key", API_KEY, "--scenario", "empty"]  # fmt: skip
     exporter_args = [
@@ -169,12 +172,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "--cache-ttl", "1",
         "--web.listen-address", f"127.0.0.1:{exporter_port}",
         "--log.level", "error",
+        *receiver.flags(),
     ]  # fmt: skip
     with running("simulator", sim_args, work) as sim:
         sim.wait_ready(f"{simulator}/_sim/stats")
         put_jobs(simulator, HEALTHY)
         with running("exporter", exporter_args, work, clean_env(CERBY_API_KEY=API_KEY)) as exp:
             exp.wait_ready(f"{exporter}/readyz")
+            # A configured job that failed, was retried and worked: the webhook series have data.
+            first = job_id(1)
+            assert receiver.deliver(exporter, first, application="twitter") == "accepted"
+            assert receiver.deliver(
+                exporter, first, event_type="automation.succeeded", error_code=None
+            ) == "accepted"  # fmt: skip
             with alertmanager(ALERTMANAGER_CONFIG, work) as am_url:
                 config = work / "prometheus.yml"
                 config.write_text(prometheus_config(exporter, am_url), encoding="utf-8")
@@ -385,8 +395,7 @@ def test_every_metric_name_exists_in_the_exporters_output(stack: Stack) -> None:
         for family in text_string_to_metric_families(body.decode())
         for sample in family.samples
     }
-    overrides = {f"cerby:threshold_override:{name}" for name in
-                 ("job_stuck_seconds", "job_data_stale_seconds", "api_error_ratio")}  # fmt: skip
+    overrides = threshold_override_names()
     recorded = recorded_names()
     exprs = [rule["expr"] for rule in rules()]
     for path in DASHBOARD_FILES:

@@ -12,7 +12,9 @@ import base64
 import itertools
 import json
 import re
+import shlex
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ import yaml
 
 from cerby_exporter.jobids import parse_job_ids_file
 from cerby_exporter.settings import Settings, env_of, flag_of
+from tests import helm_render
 
 REPO = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO / "helm" / "cerby-exporter"
@@ -48,6 +51,8 @@ CORE_KINDS = frozenset(
         "ConfigMap",
         "NetworkPolicy",
         "PodDisruptionBudget",
+        "Ingress",
+        "PersistentVolumeClaim",
     }
 )
 OPERATOR_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
@@ -70,8 +75,21 @@ MINIMAL: Values = {"config": {"workspace": "acme"}, "existingSecret": "cerby-api
 SCENARIOS: dict[str, Values] = {
     # ci/default-values.yaml: the least a real install needs.
     "minimal": ci_values("default"),
-    # ci/all-features-values.yaml: every optional part on, replicaCount 2 (PDB), chart Secret.
+    # ci/all-features-values.yaml: every optional part on (webhooks on a port of their own, an
+    # Ingress, the state on a PersistentVolumeClaim), chart Secret.
     "all-features": ci_values("all-features"),
+    # The webhook receiver on the metrics port, the state in an emptyDir with a size limit.
+    "webhooks-shared-port": {
+        **MINIMAL,
+        "webhook": {"existingSecret": "cerby-webhook-keys", "ingress": {"enabled": True}},
+        "state": {"emptyDir": {"sizeLimit": "512Mi"}},
+        "networkPolicy": {"enabled": True},
+    },
+    # The state on a claim made outside the chart.
+    "existing-claim": {
+        **MINIMAL,
+        "state": {"persistence": {"enabled": True, "existingClaim": "cerby-state"}},
+    },
     "api-key": {"config": {"workspace": "acme"}, "apiKey": API_KEY, "jobIds": [JOB_A]},
     "existing-configmap": {
         **MINIMAL,
@@ -81,7 +99,13 @@ SCENARIOS: dict[str, Values] = {
     },
     "demo": {"demo": True},
     # Helm's longest release name, with the objects whose names add to it.
-    "long-release-name": {**MINIMAL, "jobIds": [JOB_A], "dashboards": {"enabled": True}},
+    "long-release-name": {
+        **MINIMAL,
+        "jobIds": [JOB_A],
+        "dashboards": {"enabled": True},
+        "webhook": {"existingSecret": "keys", "ingress": {"enabled": True}},
+        "state": {"persistence": {"enabled": True}},
+    },
 }
 
 
@@ -211,7 +235,8 @@ def test_minimal_install_objects(chart: helm.Chart) -> None:
 def test_all_features_objects(chart: helm.Chart) -> None:
     objects = render(chart, SCENARIOS["all-features"])
     kinds = {obj["kind"] for obj in objects}
-    assert kinds == CORE_KINDS | OPERATOR_KINDS
+    # All but the PodDisruptionBudget, which needs replicas the state volume does not allow.
+    assert kinds == CORE_KINDS - {"PodDisruptionBudget"} | OPERATOR_KINDS
     dashboards = sorted(DASHBOARDS_DIR.glob("*.json"))
     # Job IDs plus one per dashboard.
     assert len(of_kind(objects, "ConfigMap")) == 1 + len(dashboards)
@@ -621,7 +646,12 @@ def test_network_policy(chart: helm.Chart) -> None:
         {
             "ports": [{"port": "http", "protocol": "TCP"}],
             "from": values["networkPolicy"]["ingressFrom"],
-        }
+        },
+        # The webhook receiver has a port of its own, open to the ingress controller only.
+        {
+            "ports": [{"port": "webhook", "protocol": "TCP"}],
+            "from": values["networkPolicy"]["webhookFrom"],
+        },
     ]
     egress_ports = [(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]]
     assert egress_ports == [(53, "UDP"), (53, "TCP"), (443, "TCP")]
@@ -631,6 +661,13 @@ def test_network_policy(chart: helm.Chart) -> None:
     assert policy["policyTypes"] == ["Ingress"]
     assert policy["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
     assert "egress" not in policy
+
+    # The receiver on the metrics port, with no webhookFrom: that port is open to every source.
+    shared = render(chart, SCENARIOS["webhooks-shared-port"])
+    assert only(shared, "NetworkPolicy")["spec"]["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}]},
+        {"ports": [{"port": "http", "protocol": "TCP"}]},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -683,6 +720,18 @@ def test_pod_disruption_budget_only_with_replicas(
         ({"pdb": {"minAvailable": "half"}}, "/pdb/minAvailable"),
         ({"webConfig": {"tls": "yes"}}, "/webConfig/tls"),
         ({"webConfig": {"file": "web.yml"}}, "'file' not allowed"),
+        ({"webhook": {"port": "10367"}}, "/webhook/port"),
+        ({"webhook": {"port": 70000}}, "/webhook/port"),
+        ({"webhook": {"path": "webhooks/cerby"}}, "/webhook/path"),
+        ({"webhook": {"ingress": {"host": "https://hooks.example.com"}}}, "/webhook/ingress/host"),
+        ({"webhook": {"ingress": {"tls": [{"secret": "x"}]}}}, "'secret' not allowed"),
+        ({"webhook": {"keysFile": "keys.yaml"}}, "'keysFile' not allowed"),
+        ({"state": {"persistence": {"size": "lots"}}}, "/state/persistence/size"),
+        ({"state": {"persistence": {"enable": True}}}, "'enable' not allowed"),
+        (
+            {"networkPolicy": {"webhookFrom": {"namespaceSelector": {}}}},
+            "/networkPolicy/webhookFrom",
+        ),
     ],
 )
 def test_schema_rejects_bad_values(chart: helm.Chart, values: Values, complaint: str) -> None:
@@ -705,9 +754,238 @@ def test_schema_accepts_the_documented_values(chart: helm.Chart) -> None:
     assert schema["additionalProperties"] is False
     documented = {"replicaCount", "image", "existingSecret", "apiKey", "jobIds", "resources"}
     documented |= {"serviceMonitor", "prometheusRule", "dashboards", "networkPolicy"}
-    documented |= {"extraArgs", "extraEnv"}
+    documented |= {"extraArgs", "extraEnv", "webhook", "state"}
     assert documented <= set(schema["properties"])
     assert set(chart.values) | {"global"} == set(schema["properties"])
+
+
+# --- webhooks and the state file ------------------------------------------------------------
+
+
+WEBHOOK_DIR = "/etc/cerby-exporter/webhook"
+
+
+def dockerfile_env() -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for args in dockerfile_instruction("ENV"):
+        for word in shlex.split(args):
+            key, _, value = word.partition("=")
+            pairs[key] = value
+    return pairs
+
+
+def test_webhook_keys_are_a_mounted_secret_named_in_the_environment(chart: helm.Chart) -> None:
+    objects = render(chart, SCENARIOS["all-features"])
+    env = env_of_container(objects)
+    # The whole Secret, read-only: a keys file names its secret files relative to itself.
+    assert volume(objects, "webhook-keys")["secret"] == {
+        "secretName": "cerby-webhook-keys",
+        "defaultMode": 0o440,
+    }
+    assert mount_for(objects, "webhook-keys") == {
+        "name": "webhook-keys",
+        "mountPath": WEBHOOK_DIR,
+        "readOnly": True,
+    }
+    assert env["CERBY_WEBHOOK_KEYS_FILE"]["value"] == f"{WEBHOOK_DIR}/keys.yaml"
+    assert env["CERBY_WEBHOOK_PATH"]["value"] == "/webhooks/cerby"
+    # A port of its own: the exporter's second listener, a container port and a Service port.
+    assert env["CERBY_WEBHOOK_LISTEN_ADDRESS"]["value"] == ":10367"
+    ports = {port["name"]: port for port in container(objects)["ports"]}
+    assert ports["webhook"] == {"name": "webhook", "containerPort": 10367, "protocol": "TCP"}
+    service_ports = {port["name"]: port for port in only(objects, "Service")["spec"]["ports"]}
+    assert service_ports["webhook"] == {
+        "name": "webhook",
+        "port": 10367,
+        "targetPort": "webhook",
+        "protocol": "TCP",
+    }
+
+    values = {**MINIMAL, "webhook": {"existingSecret": "0123", "key": "cerby.yml", "path": "/in"}}
+    env = env_of_container(render(chart, values))
+    assert env["CERBY_WEBHOOK_KEYS_FILE"]["value"] == f"{WEBHOOK_DIR}/cerby.yml"
+    assert env["CERBY_WEBHOOK_PATH"]["value"] == "/in"
+    assert "CERBY_WEBHOOK_LISTEN_ADDRESS" not in env
+
+    # Without a keys Secret the receiver is off: nothing of it in the pod or the Service.
+    objects = render(chart, MINIMAL)
+    assert not {name for name in env_of_container(objects) if name.startswith("CERBY_WEBHOOK")}
+    spec = only(objects, "Deployment")["spec"]["template"]["spec"]
+    assert "webhook-keys" not in {v["name"] for v in spec["volumes"]}
+    assert [port["name"] for port in container(objects)["ports"]] == ["http"]
+    assert [port["name"] for port in only(objects, "Service")["spec"]["ports"]] == ["http"]
+
+
+def test_state_volume_is_where_the_image_keeps_its_state(chart: helm.Chart) -> None:
+    """The chart mounts the state at the image's VOLUME and names the image's state file."""
+    (volume_path,) = (json.loads(args)[0] for args in dockerfile_instruction("VOLUME"))
+    image_state_path = dockerfile_env()["CERBY_STATE_PATH"]
+    for scenario, values in SCENARIOS.items():
+        objects = render(chart, values, release_name(scenario))
+        assert mount_for(objects, "state") == {"name": "state", "mountPath": volume_path}
+        assert env_of_container(objects)["CERBY_STATE_PATH"]["value"] == image_state_path
+    assert Path(image_state_path).parent == Path(volume_path)
+
+    # By default an emptyDir, with the pods replaced one by one.
+    objects = render(chart, MINIMAL)
+    assert volume(objects, "state") == {"name": "state", "emptyDir": {}}
+    assert "strategy" not in only(objects, "Deployment")["spec"]
+    assert of_kind(objects, "PersistentVolumeClaim") == []
+    objects = render(chart, SCENARIOS["webhooks-shared-port"])
+    assert volume(objects, "state")["emptyDir"] == {"sizeLimit": "512Mi"}
+
+
+def test_state_on_a_claim_has_one_writer(chart: helm.Chart) -> None:
+    objects = render(chart, SCENARIOS["all-features"])
+    claim = only(objects, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == f"{RELEASE}-state"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": "fast-ssd",
+        "resources": {"requests": {"storage": "2Gi"}},
+    }
+    deployment = only(objects, "Deployment")["spec"]
+    assert volume(objects, "state") == {
+        "name": "state",
+        "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+    }
+    # The old pod lets go of the volume (and of the SQLite file) before the new one starts.
+    assert deployment["strategy"] == {"type": "Recreate"}
+    assert deployment["replicas"] == 1
+
+    objects = render(chart, SCENARIOS["existing-claim"])
+    assert of_kind(objects, "PersistentVolumeClaim") == []
+    assert volume(objects, "state")["persistentVolumeClaim"] == {"claimName": "cerby-state"}
+    assert only(objects, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    # No storage class given: the claim gets the cluster's default.
+    values = {**MINIMAL, "state": {"persistence": {"enabled": True}}}
+    claim = only(render(chart, values), "PersistentVolumeClaim")
+    assert "storageClassName" not in claim["spec"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+
+    with pytest.raises(helm.HelmRenderError, match=r"state\.persistence needs replicaCount 1"):
+        render(chart, {**values, "replicaCount": 2})
+
+
+def test_ingress_publishes_the_webhook_path_and_nothing_else(chart: helm.Chart) -> None:
+    values = SCENARIOS["all-features"]
+    objects = render(chart, values)
+    ingress = only(objects, "Ingress")
+    service = only(objects, "Service")
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert spec["tls"] == values["webhook"]["ingress"]["tls"]
+    assert ingress["metadata"]["annotations"] == values["webhook"]["ingress"]["annotations"]
+    (rule,) = spec["rules"]
+    assert rule["host"] == "cerby-webhooks.example.com"
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == env_of_container(objects)["CERBY_WEBHOOK_PATH"]["value"]
+    assert path["pathType"] == "Exact"
+    backend = path["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    # To the webhook's own Service port, which leads to its own container port.
+    assert backend["port"] == {"name": "webhook"}
+    by_name = {port["name"]: port for port in service["spec"]["ports"]}
+    assert by_name["webhook"]["targetPort"] == "webhook"
+
+    # Without webhook.port, to the metrics port (the exporter serves the path there too); no
+    # host matches every host, no class the cluster's default.
+    ingress = only(render(chart, SCENARIOS["webhooks-shared-port"]), "Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    assert "host" not in rule
+    assert "ingressClassName" not in ingress["spec"]
+    assert "tls" not in ingress["spec"]
+    assert rule["http"]["paths"][0]["backend"]["service"]["port"] == {"name": "http"}
+
+    assert of_kind(render(chart, MINIMAL), "Ingress") == []
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"webhook": {"ingress": {"enabled": True}}}, r"webhook\.ingress and webhook\.port need"),
+        ({"webhook": {"port": 10367}}, r"webhook\.ingress and webhook\.port need"),
+        ({"webhook": {"existingSecret": "k", "port": 10366}}, r"must differ from the metrics"),
+    ],
+)
+def test_webhook_values_that_cannot_work_are_refused(
+    chart: helm.Chart, values: Values, complaint: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=complaint):
+        render(chart, {**MINIMAL, **values})
+
+
+def test_config_values_become_the_matching_variables(chart: helm.Chart) -> None:
+    """Every `config` key is passed as CERBY_<KEY IN UPPER SNAKE CASE>, a real setting."""
+    config = {
+        "apiUrl": "https://acme.cerby.com/api/v1",
+        "cacheTtl": 0.5,
+        "terminalCacheTtl": 7200,
+        "maxConcurrency": 8,
+        "requestTimeout": 12.5,
+        "maxJobs": 1000000,
+        "maxStaleness": 600,
+        "logLevel": "debug",
+        "logFormat": "json",
+        "jobRetention": 86400,
+        "workspace": "acme",
+    }
+    assert set(config) == set(chart.values["config"])
+    env = env_of_container(render(chart, {**MINIMAL, "config": config}))
+    known = {env_of(field) for field in Settings.model_fields}
+    for key, value in config.items():
+        name = "CERBY_" + re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
+        assert name in known, name
+        assert env[name]["value"] == str(value)
+
+
+def test_make_chart_prints_the_manifests_and_lints_them(chart: helm.Chart) -> None:
+    """`make chart` runs tests/helm_render.py: every object of an install, then a strict lint."""
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^chart: .*\n\t\$\(BIN\)/python -m tests\.helm_render ", makefile, re.M)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.helm_render",
+            str(CHART_DIR / "ci" / "all-features-values.yaml"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "lint --strict: 0 problem(s)" in result.stderr
+    # Exactly what an install renders.
+    printed = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert printed == render(chart, SCENARIOS["all-features"])
+    # Without a values file: the least a real install needs, Deployment included.
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.helm_render"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert "Deployment" in kinds
+
+
+def test_chart_readme_is_generated_from_the_values_comments(chart: helm.Chart) -> None:
+    """Every value is documented in values.yaml, and the README's table is made from that."""
+    comments = helm_render.value_comments((CHART_DIR / "values.yaml").read_text())
+    assert helm_render.undocumented(chart.values, comments) == []
+    readme = (CHART_DIR / "README.md").read_text()
+    assert readme == helm_render.readme(), "run: python -m tests.helm_render --readme"
+    # A documented map is one row with its whole default; its keys get none of their own.
+    assert '| `podSecurityContext` | `{"runAsNonRoot": true, ' in readme
+    assert "`podSecurityContext.runAsUser`" not in readme
+    assert "| `webhook.port` | `null` | A port of its own" in readme
+    assert '| `state.persistence.size` | `"1Gi"` |' in readme
 
 
 # --- NOTES ------------------------------------------------------------------------------------
@@ -725,6 +1003,17 @@ def test_notes_tell_how_to_reach_the_metrics(chart: helm.Chart) -> None:
     assert (
         "DEMO MODE" in render_text(chart, SCENARIOS["demo"])["cerby-exporter/templates/NOTES.txt"]
     )
+    assert "webhook" not in notes
+
+    def notes_of(scenario: str) -> str:
+        return render_text(chart, SCENARIOS[scenario])["cerby-exporter/templates/NOTES.txt"]
+
+    notes = notes_of("all-features")
+    assert "URL https://cerby-webhooks.example.com/webhooks/cerby" in notes
+    assert f"PersistentVolumeClaim {RELEASE}-state" in notes
+    notes = notes_of("webhooks-shared-port")
+    assert "URL https://<the Ingress' host>/webhooks/cerby" in notes
+    assert "in an emptyDir: it survives container restarts, not the pod's" in notes
 
 
 # --- the documented install -------------------------------------------------------------------

@@ -21,6 +21,14 @@ Full name: <release>-<chart>, or the release name alone when it already contains
 {{- end }}
 {{- end }}
 
+{{/*
+The port the exporter listens on in the container: the image's EXPOSE and the exporter's
+default. Everything that needs it (the listen address, the container port) takes it from here.
+*/}}
+{{- define "cerby-exporter.port" -}}
+10366
+{{- end }}
+
 {{- define "cerby-exporter.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -90,6 +98,42 @@ that can be filled later); in demo mode only when IDs were given.
 {{- end }}
 
 {{/*
+Whether the webhook receiver is on: it is when a keys file is mounted.
+*/}}
+{{- define "cerby-exporter.webhookEnabled" -}}
+{{- if .Values.webhook.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/*
+The named port the webhook path is served on: its own when `webhook.port` is set.
+*/}}
+{{- define "cerby-exporter.webhookPortName" -}}
+{{- if .Values.webhook.port }}webhook{{ else }}http{{ end }}
+{{- end }}
+
+{{- define "cerby-exporter.stateClaimName" -}}
+{{- .Values.state.persistence.existingClaim | default (printf "%s-state" (include "cerby-exporter.fullname" . | trunc 57 | trimSuffix "-")) }}
+{{- end }}
+
+{{/*
+The exporter's settings from `config`, one CERBY_* variable each: the key in upper snake case
+(`maxJobs` is CERBY_MAX_JOBS). Empty and null values are left out, so the exporter keeps its
+default; whole numbers are written as integers, whatever their size (no 1e+06).
+*/}}
+{{- define "cerby-exporter.configEnv" -}}
+{{- range $key, $value := .Values.config }}
+{{- if not (or (kindIs "invalid" $value) (eq (toString $value) "")) }}
+- name: {{ printf "CERBY_%s" (snakecase $key | upper) }}
+  {{- if and (kindIs "float64" $value) (eq $value (float64 (int64 $value))) }}
+  value: {{ int64 $value | toString | quote }}
+  {{- else }}
+  value: {{ $value | toString | quote }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Settings the exporter cannot start without, checked at render time so that a missing one fails
 `helm install` with a sentence instead of a crash-looping pod.
 */}}
@@ -101,6 +145,15 @@ Settings the exporter cannot start without, checked at render time so that a mis
 {{- if not (or .Values.config.workspace .Values.config.apiUrl) }}
 {{- fail "cerby-exporter: set config.workspace (e.g. acme for https://acme.cerby.com) or config.apiUrl; or demo=true to try the chart without Cerby" }}
 {{- end }}
+{{- end }}
+{{- if and .Values.state.persistence.enabled (gt (int .Values.replicaCount) 1) }}
+{{- fail "cerby-exporter: state.persistence needs replicaCount 1: the state file (SQLite) has one writer" }}
+{{- end }}
+{{- if and (or .Values.webhook.ingress.enabled .Values.webhook.port) (not .Values.webhook.existingSecret) }}
+{{- fail "cerby-exporter: webhook.ingress and webhook.port need webhook.existingSecret, the Secret holding the webhook keys file" }}
+{{- end }}
+{{- if eq (toString .Values.webhook.port) (include "cerby-exporter.port" .) }}
+{{- fail (printf "cerby-exporter: webhook.port must differ from the metrics port %s (leave it null to serve the webhook there)" (include "cerby-exporter.port" .)) }}
 {{- end }}
 {{- if and .Values.webConfig.tls (not .Values.webConfig.existingSecret) }}
 {{- fail "cerby-exporter: webConfig.tls needs webConfig.existingSecret, the Secret holding the web config file and its certificate" }}

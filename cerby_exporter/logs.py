@@ -86,3 +86,15 @@ def configure(level: str, fmt: str, redact: Redactor, stream: TextIO | None = No
     root.setLevel(_LEVELS.get(level, logging.ERROR))
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler.addFilter(_quiet_bad_requests)
+
+
+def _quiet_bad_requests(record: logging.LogRecord) -> bool:
+    """aiohttp logs every malformed request it refuses at error level, with a traceback: a
+    port scanner would flood the log. The client got its 400; here it is one debug line."""
+    if record.name != "aiohttp.server":
+        return True
+    record.exc_info = None
+    record.exc_text = None
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return logging.getLogger().isEnabledFor(logging.DEBUG)

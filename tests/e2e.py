@@ -3,13 +3,16 @@ every byte a process printed, memory readings) and reading an exposition back as
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -41,6 +44,71 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def threads(pid: int) -> int:
+    """Threads of a process, from /proc/PID/status: what a connection must not cost."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Threads for {pid}")
+
+
+def connections_held(port: int) -> int:
+    """TCP connections to loopback `port` that its server has accepted and not yet closed,
+    from /proc/net/tcp: those still in the listen backlog, or closed by the server, have no
+    socket file (inode 0); the listening socket itself is left out."""
+    held = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rpartition(":")[2], 16)
+        if local_port == port and fields[3] != "0A" and fields[9] != "0":
+            held += 1
+    return held
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """What came back on one raw connection, and whether the exporter ended it."""
+
+    received: bytes
+    closed: bool
+    """The exporter closed the connection (end of stream or reset) before the read timed out;
+    False means it was still open, waiting for more."""
+
+    @property
+    def statuses(self) -> list[int]:
+        """Status codes of the responses received, in order."""
+        return [int(code) for code in re.findall(rb"(?:^|\n)HTTP/1\.[01] (\d{3}) ", self.received)]
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> Exchange:
+    """Everything the peer sends until it closes the connection or `timeout` seconds pass: a
+    request that hangs shows as `closed=False`, never as a test that hangs."""
+    deadline = time.monotonic() + timeout
+    received = b""
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return Exchange(received, closed=True)
+        if not chunk:
+            return Exchange(received, closed=True)
+        received += chunk
+    return Exchange(received, closed=False)
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 5.0) -> Exchange:
+    """Send `request` as given on a new loopback connection and read what comes back. The
+    exporter may answer and close before all of a refused request is sent: what it answered
+    is read all the same."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(request)
+        return read_until_closed(sock, timeout)
+
+
 class ExporterProcess:
     """`python -m cerby_exporter ARGS` on a free loopback port, output kept in files."""
 
@@ -69,8 +137,9 @@ class ExporterProcess:
                 self.command, stdout=out, stderr=err, env=clean_env(env), cwd=workdir
             )
 
-    def wait_listening(self, timeout: float = 20.0) -> None:
-        """Until the port takes connections (TLS or not), or fail with the process's output."""
+    def wait_listening(self, timeout: float = 20.0, interval: float = 0.05) -> None:
+        """Until the port takes connections (TLS or not), or fail with the process's output.
+        The benchmarks poll with a short `interval` to time the start-up."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -79,7 +148,7 @@ class ExporterProcess:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
             except OSError:
-                time.sleep(0.05)
+                time.sleep(interval)
         raise AssertionError(f"exporter did not listen within {timeout}s: {self.stderr()}")
 
     def wait_ready(self, timeout: float = 20.0) -> None:

@@ -8,6 +8,7 @@ short TTLs and a 0.5 s request timeout so that each test takes a second or two.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -471,7 +472,8 @@ def test_rejected_key_then_a_new_key_file_without_restart(
 
 
 def test_a_key_file_is_never_read_as_an_empty_key(tmp_path: Path) -> None:
-    """Fetches start together: none may go out before the key file is read, keyless."""
+    """Fetches start together: none may go out before the key file is read, keyless. The
+    second `get()` starts while the first is still reading the file in its thread."""
     key_file = tmp_path / "key"
     key_file.write_text(API_KEY)
     reading = threading.Event()
@@ -480,11 +482,11 @@ def test_a_key_file_is_never_read_as_an_empty_key(tmp_path: Path) -> None:
         reading.set()
         time.sleep(0.2)
 
-    key = ApiKey(None, key_file, slow_redactor)
-    seen: list[str] = []
-    first = threading.Thread(target=lambda: seen.append(key.get()))
-    first.start()
-    assert reading.wait(5)
-    seen.append(key.get())  # while the first read is still going on
-    first.join()
-    assert seen == [API_KEY, API_KEY]
+    async def two_fetches() -> list[str]:
+        key = ApiKey(None, key_file, slow_redactor)
+        first = asyncio.create_task(key.get())
+        assert await asyncio.to_thread(reading.wait, 5)
+        second = await key.get()
+        return [await first, second]
+
+    assert asyncio.run(two_fetches()) == [API_KEY, API_KEY]

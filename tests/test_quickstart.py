@@ -38,7 +38,11 @@ def test_make_run_installs_only_the_runtime_and_serves_the_demo(tmp_path: Path) 
     copy = fresh_copy(tmp_path / "clone")
     port = free_port()
     log = tmp_path / "make-run.log"
-    env = clean_env({"CERBY_LISTEN_ADDRESS": f"127.0.0.1:{port}"})
+    env = {
+        name: value
+        for name, value in clean_env({"CERBY_LISTEN_ADDRESS": f"127.0.0.1:{port}"}).items()
+        if name not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")  # a newcomer's shell, not make's
+    }
     with log.open("wb") as sink:
         make = subprocess.Popen(
             ["make", "run"], cwd=copy, env=env, stdout=sink, stderr=subprocess.STDOUT,
@@ -59,7 +63,7 @@ def test_make_run_installs_only_the_runtime_and_serves_the_demo(tmp_path: Path) 
             make.wait(30)
     assert "cerby_up 1.0" in body
     said = log.read_text()
-    assert said.startswith("make: creating .venv and installing cerby-exporter")
+    assert "make: creating .venv and installing cerby-exporter" in said.splitlines()[0]
     installed = {path.name for path in (copy / ".venv" / "bin").iterdir()}
     assert "cerby-exporter" in installed
     assert not installed & set(TEST_TOOLS)

@@ -130,6 +130,7 @@ class JobIdSource:
         self._current = fixed
         self._unreadable = False
         self._learned: dict[str, Learned] = {}
+        self._reloading: asyncio.Future[None] | None = None
 
     def current(self) -> tuple[str, ...]:
         """Every tracked ID: the configured ones as of the latest `reload()`, then the learned."""
@@ -174,12 +175,22 @@ class JobIdSource:
 
     async def reload(self) -> None:
         """Notice an edited file: a `stat` (and a read when it changed), in a thread, at most
-        once every `recheck_seconds`."""
-        now = time.monotonic()
-        if self._file is None or now - self._checked_at < self._recheck:
+        once every `recheck_seconds`. A caller that comes while a read is under way waits for
+        it: otherwise a scrape at start-up, overlapping the first read, would answer with none
+        of the file's IDs."""
+        if self._file is None:
             return
-        self._checked_at = now
-        parsed = await asyncio.to_thread(self._read_if_changed, self._file)
+        reading = self._reloading
+        if reading is None or reading.done():
+            now = time.monotonic()
+            if now - self._checked_at < self._recheck:
+                return
+            self._checked_at = now
+            reading = self._reloading = asyncio.ensure_future(self._read_and_apply(self._file))
+        await asyncio.shield(reading)
+
+    async def _read_and_apply(self, file: WatchedFile) -> None:
+        parsed = await asyncio.to_thread(self._read_if_changed, file)
         if parsed is not None:
             self._apply(parsed)
 

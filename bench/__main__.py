@@ -1,7 +1,7 @@
 """`python -m bench`: run the measurements and print their tables.
 
-The default is a quick pass (N = 100 and 1 000, short durations); `--jobs 100,1000,10000` and
-`--duration 600` are the full runs recorded in docs/performance.md.
+The default is a quick pass (N = 100 and 1 000, short durations); docs/performance.md lists the
+commands of the full runs it records (`--jobs 100,1000,10000`, `--duration 600`, ...).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench import cold, common, economy, memory, prometheus, scrape, startup
+from bench import cold, common, economy, idle, load, memory, prometheus, scrape, startup
 
-MEASUREMENTS = ("scrape", "cold", "economy", "memory", "startup", "prometheus")
+MEASUREMENTS = ("scrape", "cold", "economy", "memory", "load", "idle", "startup", "prometheus")
 
 
 def machine() -> str:
@@ -31,8 +31,16 @@ def machine() -> str:
     nginx = "nginx found" if common.nginx_binary() else "nginx not installed (limit: http.server)"
     return (
         f"Machine: {os.cpu_count()} CPUs, {cpu}, {memory_kib / 1024 / 1024:.1f} GiB; "
-        f"Python {platform.python_version()}; {platform.system()} {platform.release()}; {nginx}"
+        f"Python {platform.python_version()}; {platform.system()} {platform.release()}; {nginx}; "
+        f"load average {common.load_average()}"
     )
+
+
+def load_ttl(jobs: int) -> float:
+    """The load run's in-flight TTL: 15 s up to 1 000 jobs; beyond, the default 60 s, so the
+    refreshes (half the jobs per TTL) stay within what the simulator and the exporter, sharing
+    the machine with twenty scrapers, can do."""
+    return 15.0 if jobs <= 1000 else 60.0
 
 
 def numbers(text: str) -> list[int]:
@@ -48,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(MEASUREMENTS), help=f"comma list of {', '.join(MEASUREMENTS)}"
     )
-    parser.add_argument("--jobs", default="100,1000", help="comma list of N (default 100,1000)")
+    parser.add_argument(
+        "--jobs",
+        default="100,1000",
+        help="comma list of N (default 100,1000); load and idle use the largest",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--scrapes", type=int, default=20, help="timed scrapes per warm run")
     parser.add_argument(
@@ -62,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--duration", type=float, default=60.0, help="seconds of scraping, memory (default 60)"
+    )
+    parser.add_argument(
+        "--load-seconds", type=float, default=60.0, help="seconds measured, load (default 60)"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=10000, help="idle connections, idle (default 10000)"
     )
     args = parser.parse_args(argv)
     only = words(args.only)
@@ -83,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         common.emit(economy.run(sizes, args.ttl, numbers(args.scrapers)))
     if "memory" in only:
         common.emit(memory.run(sizes, modes, args.duration))
+    if "load" in only:
+        jobs = max(sizes)
+        ttl = load_ttl(jobs)
+        result = load.run(jobs=jobs, seconds=args.load_seconds, warmup=ttl + 5, cache_ttl=ttl)
+        common.emit(result.render())
+    if "idle" in only:
+        common.emit(idle.run(max(sizes), args.connections))
     if "startup" in only:
         common.emit(startup.run(sizes, args.runs))
     if "prometheus" in only:

@@ -1,7 +1,10 @@
-"""Process helpers for the benchmarks: the simulator, the exporter and a static file server.
+"""What the benchmarks share beyond the test helpers: a keep-alive scraper, the static-file
+servers the warm scrape is held to, and tables.
 
-Everything runs on loopback, on free ports, as child processes that are always stopped (a
-`contextlib.ExitStack` owns them), and every wait is bounded in time.
+Processes (the exporter, the simulator, Prometheus, nginx), free ports, resident memory and
+exposition parsing come from the test helpers (`tests.e2e`, `tests.prom_support`), so the
+benchmarks start and read them exactly as the end-to-end tests do. Every process runs on
+loopback, belongs to a `contextlib.ExitStack` that stops it, and every wait is bounded.
 """
 
 from __future__ import annotations
@@ -10,173 +13,98 @@ import contextlib
 import http.client
 import math
 import os
-import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from cerby_exporter.simulator import bulk_jobs
+from tests.e2e import ExporterProcess, SimulatorProcess, free_port, parse_samples, rss_kib, value
+from tests.prom_support import running
+
 API_KEY: Final = "bench-key-0123456789"
-PYTHON: Final = sys.executable
-START_TIMEOUT: Final = 30.0
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 TEXT_ACCEPT: Final = "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 OPENMETRICS_ACCEPT: Final = "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+RELOAD_WAIT: Final = 1.2
+"""Seconds to let pass after the exporter's last look at its job-ID file before writing it: it
+looks at most once a second, and a benchmark that times the scrape loading new IDs needs that
+scrape to be the one that sees them."""
 
 
 def bulk_job_ids(count: int) -> list[str]:
     """The IDs the simulator's `bulk` scenario serves, in its order."""
-    from cerby_exporter.simulator import bulk_jobs
-
     return list(bulk_jobs(count))
+
+
+def running_bulk_jobs(count: int) -> int:
+    """How many of the `bulk` scenario's jobs are in flight (the rest are finished)."""
+    return sum(1 for job in bulk_jobs(count).values() if job.timeline[0][1]["status"] != "finished")
 
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-@dataclass
-class Child:
-    """A child process whose output is drained on a thread so it never blocks on a pipe."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    lines: list[str] = field(default_factory=list)
-    started_at: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        stream = self.process.stdout
-        if stream is None:
-            return
-        for raw in stream:
-            self.lines.append(raw.decode(errors="replace").rstrip())
-            self._ready.set()
-
-    def wait_for_line(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        regex = re.compile(pattern)
-        seen = 0
-        while time.monotonic() < deadline:
-            for line in self.lines[seen:]:
-                match = regex.search(line)
-                if match is not None:
-                    return match
-                seen += 1
-            if self.process.poll() is not None:
-                break
-            self._ready.wait(0.02)
-            self._ready.clear()
-        tail = "\n".join(self.lines[-10:])
-        raise RuntimeError(f"{self.name} did not print {pattern!r} in time:\n{tail}")
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._thread.join(2)
+def rss_mib(pid: int) -> float:
+    return rss_kib(pid) / 1024
 
 
-def spawn(
-    name: str, argv: Sequence[str], stack: contextlib.ExitStack, env: dict[str, str] | None = None
-) -> Child:
-    process = subprocess.Popen(
-        list(argv),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
-    child = Child(name, process)
-    stack.callback(child.stop)
-    return child
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (/proc counts it in clock ticks)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-@dataclass
-class Simulator:
-    child: Child
-    base_url: str
-
-    def stats(self) -> dict[str, object]:
-        import json
-
-        host, port = self.base_url.removeprefix("http://").split("/", 1)[0].split(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        try:
-            connection.request("GET", "/_sim/stats")
-            data = json.loads(connection.getresponse().read())
-        finally:
-            connection.close()
-        if not isinstance(data, dict):
-            raise RuntimeError("simulator stats are not an object")
-        return data
-
-    def requests(self) -> int:
-        value = self.stats()["requests"]
-        return int(value) if isinstance(value, int) else 0
+@contextlib.contextmanager
+def temp_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="cerby-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def start_simulator(stack: contextlib.ExitStack, jobs: int, latency: float) -> Simulator:
-    child = spawn(
-        "simulator",
-        [
-            PYTHON,
-            "-m",
-            "cerby_exporter.simulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-key",
-            API_KEY,
-            "--scenario",
-            "bulk",
-            "--jobs",
-            str(jobs),
-            "--latency",
-            str(latency),
-        ],
-        stack,
-    )
-    match = child.wait_for_line(r"listening on (http://\S+)")
-    return Simulator(child, match.group(1))
+def start_simulator(stack: contextlib.ExitStack, jobs: int, latency: float) -> SimulatorProcess:
+    """The simulator's `bulk` scenario (half the jobs finished, half running) on a free port."""
+    args = ["--api-key", API_KEY, "--scenario", "bulk", "--jobs", str(jobs)]
+    return stack.enter_context(SimulatorProcess([*args, "--latency", f"{latency:g}"]))
+
+
+def api_requests(simulator: SimulatorProcess) -> int:
+    """Job requests the simulator has answered so far."""
+    count = simulator.stats()["requests"]
+    if not isinstance(count, int):
+        raise RuntimeError("simulator stats have no request count")
+    return count
+
+
+def requests_by_job(simulator: SimulatorProcess) -> dict[str, int]:
+    """Requests the simulator has answered so far, per job ID."""
+    by_job = simulator.stats()["by_job"]
+    if not isinstance(by_job, dict):
+        raise RuntimeError("simulator stats have no by_job")
+    return {str(job_id): int(count) for job_id, count in by_job.items()}
 
 
 @dataclass
 class Exporter:
-    child: Child
-    port: int
+    process: ExporterProcess
     ids_file: Path
 
     @property
+    def port(self) -> int:
+        return self.process.port
+
+    @property
     def pid(self) -> int:
-        return self.child.pid
+        return self.process.proc.pid
 
     def rss_mib(self) -> float:
         return rss_mib(self.pid)
@@ -197,89 +125,41 @@ def write_ids(path: Path, job_ids: Sequence[str]) -> None:
 
 def start_exporter(
     stack: contextlib.ExitStack,
-    api_url: str,
+    simulator: SimulatorProcess,
     job_ids: Sequence[str],
     *,
     flags: Sequence[str] = (),
-    wait_ready: bool = True,
     max_jobs: int | None = None,
-    wait_listening: bool = True,
+    wait: bool = True,
 ) -> Exporter:
-    """Start `python -m cerby_exporter` tracking `job_ids` (from a file: 10 000 IDs do not fit in
-    one command-line argument) and wait until it listens and, by default, is ready."""
-    workdir = Path(tempfile.mkdtemp(prefix="cerby-bench-"))
-    stack.callback(shutil.rmtree, workdir, True)
+    """`python -m cerby_exporter` tracking `job_ids`, from a file (10 000 IDs do not fit in one
+    argument), with a state file of its own, so nothing is restored from an earlier run; by
+    default it returns once /readyz answers."""
+    workdir = stack.enter_context(temp_dir())
     ids_file = workdir / "job-ids.txt"
     write_ids(ids_file, job_ids)
-    port = free_port()
-    child = spawn(
-        "exporter",
-        [
-            PYTHON,
-            "-m",
-            "cerby_exporter",
-            "--api-url",
-            api_url,
-            "--job-ids-file",
-            str(ids_file),
-            "--max-jobs",
-            str(max_jobs or max(len(job_ids), 1)),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--log.level",
-            "warning",
-            *flags,
-        ],
-        stack,
-        env={"CERBY_API_KEY": API_KEY},
-    )
-    exporter = Exporter(child, port, ids_file)
-    if not wait_listening:
-        return exporter
-    wait_http(port, "/healthz", child)
-    if wait_ready:
-        wait_http(port, "/readyz", child, timeout=600)
-    return exporter
-
-
-def wait_http(
-    port: int, path: str, child: Child | None = None, timeout: float = START_TIMEOUT
-) -> None:
-    """Poll until `path` answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child is not None and child.process.poll() is not None:
-            raise RuntimeError(f"{child.name} exited:\n" + "\n".join(child.lines[-10:]))
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", path)
-            status = connection.getresponse().status
-            connection.close()
-            if status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.005)
-    raise RuntimeError(f"http://127.0.0.1:{port}{path} not 200 within {timeout:g}s")
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size (VmRSS) of a process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    args = [
+        "--api-url",
+        simulator.base_url,
+        "--job-ids-file",
+        str(ids_file),
+        "--max-jobs",
+        str(max_jobs or max(len(job_ids), 1)),
+        "--state.path",
+        str(workdir / "state.sqlite"),
+        "--log.level",
+        "warning",
+        *flags,
+    ]
+    process = stack.enter_context(ExporterProcess(args, workdir, {"CERBY_API_KEY": API_KEY}))
+    if wait:
+        process.wait_ready(timeout=600)
+    return Exporter(process, ids_file)
 
 
 class Scraper:
-    """A keep-alive HTTP/1.1 client, as Prometheus holds one connection per target."""
+    """A keep-alive HTTP/1.1 client, as Prometheus holds one connection per target. Plain
+    `http.client`: the same client times the exporter and the static-file servers."""
 
     def __init__(self, port: int, timeout: float = 600.0) -> None:
         self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -317,7 +197,7 @@ def scrape_headers(
 def timed_scrapes(
     port: int, path: str, headers: dict[str, str], count: int, warmup: int = 2
 ) -> tuple[list[float], bytes]:
-    """Seconds of `count` scrapes on one keep-alive connection, after `warmup` untimed ones."""
+    """Seconds of `count` requests on one keep-alive connection, after `warmup` untimed ones."""
     times: list[float] = []
     body = b""
     with Scraper(port) as scraper:
@@ -330,27 +210,49 @@ def timed_scrapes(
     return times, body
 
 
-@dataclass
-class StaticServer:
-    """Serves fixed files; `kind` says which server."""
+def full_scrape(exporter: Exporter, jobs: int) -> bytes:
+    """One plain scrape that waits for every job (a 120 s scrape timeout), checked to hold them
+    all: what a warm measurement starts from."""
+    with Scraper(exporter.port) as scraper:
+        status, body, _ = scraper.get("/metrics", scrape_headers(gzip=False))
+    shown = jobs_shown(body)
+    if status != 200 or shown != jobs:
+        raise RuntimeError(f"full scrape: HTTP {status}, {shown} of {jobs} jobs")
+    return body
 
-    kind: str
-    port: int
+
+def jobs_shown(text: bytes) -> int:
+    """Jobs with data in a plain exposition (one `cerby_job_info` line each)."""
+    return text.count(b"\ncerby_job_info{")
+
+
+def tracked_jobs(text: bytes) -> float | None:
+    """`cerby_tracked_jobs{source="configured"}` of a plain exposition, read from the tail
+    that follows the job part (parsing 10 000 jobs' lines for it would cost more than the
+    scrape)."""
+    start = text.rfind(b"# HELP cerby_up ")
+    if start < 0:
+        return None
+    samples = parse_samples(text[start:].decode())
+    return value(samples, "cerby_tracked_jobs", source="configured")
+
+
+# --- the static-file limit ----------------------------------------------------------------
 
 
 def nginx_binary() -> str | None:
-    """Debian's nginx-light (`apt-get install nginx-light`), if installed."""
+    """Debian's nginx-light (`bash .ci/install-tools bench`), if installed."""
     found = shutil.which("nginx")
     if found is None and Path("/usr/sbin/nginx").exists():
         found = "/usr/sbin/nginx"
     return found
 
 
-def start_nginx(stack: contextlib.ExitStack, root: Path) -> StaticServer | None:
-    """nginx (Debian's nginx-light) serving `root`, or None when it is not installed.
+def start_nginx(stack: contextlib.ExitStack, root: Path) -> int | None:
+    """nginx serving `root` on a free port (returned), or None when it is not installed.
 
     `metrics` is served as is; `metrics.gz` with `Content-Encoding: gzip`, as a compressed
-    exposition would be.
+    exposition would be. `/metrics` must exist: readiness is checked on it.
     """
     binary = nginx_binary()
     if binary is None:
@@ -389,35 +291,28 @@ http {{
 """,
         encoding="utf-8",
     )
-    child = spawn("nginx", [binary, "-p", str(prefix), "-e", "stderr", "-c", str(conf)], stack)
-    wait_http(port, "/metrics", child)
-    return StaticServer("nginx", port)
+    argv = [binary, "-p", str(prefix), "-e", "stderr", "-c", str(conf)]
+    service = stack.enter_context(running("nginx", argv, prefix))
+    service.wait_ready(f"http://127.0.0.1:{port}/metrics")
+    return port
 
 
-def start_python_static(stack: contextlib.ExitStack, root: Path) -> StaticServer:
-    """`python -m http.server` serving `root`: a Python server doing nothing but send a file."""
+def start_python_static(stack: contextlib.ExitStack, root: Path) -> int:
+    """`python -m http.server` serving `root`: a Python server that does nothing but send a
+    file, for comparison."""
     port = free_port()
-    child = spawn(
-        "http.server",
-        [PYTHON, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
-        stack,
-    )
-    wait_http(port, "/metrics", child)
-    return StaticServer("python -m http.server", port)
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    service = stack.enter_context(running("http.server", [*argv, "--directory", str(root)], root))
+    service.wait_ready(f"http://127.0.0.1:{port}/metrics")
+    return port
 
 
-@contextlib.contextmanager
-def temp_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="cerby-bench-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+# --- output -------------------------------------------------------------------------------
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> str:
     """A plain-text table, columns right-aligned except the first."""
-    cells = [[str(h) for h in headers]] + [[_cell(value) for value in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
@@ -447,6 +342,11 @@ def _cell(value: object) -> str:
 
 def ms(seconds: float) -> float:
     return seconds * 1000
+
+
+def load_average() -> str:
+    """The machine's 1-minute load average: on 2 shared cores, above 2 means others ran."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def emit(text: str) -> None:

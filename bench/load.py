@@ -1,9 +1,11 @@
-"""Load: many Prometheus servers scraping one exporter that tracks a thousand jobs.
+"""Load: many Prometheus servers scraping one exporter that tracks a thousand jobs (or N).
 
 `python -m bench.load` runs the full version (20 scrapers back to back for 60 s, 1000 jobs from the
 simulator's `bulk` scenario, half finished and half running, a 15 s cache TTL) and prints one
-table. Measuring starts after 20 s of the same load, so that the first window already includes a
-refresh of every running job (the allocator's high-water mark is reached then, not before):
+table; `python -m bench --only load` runs it from the benchmark suite. The exporter first
+serves one complete scrape, then measuring starts after `warmup` seconds of the same load, so
+that the first window already includes a refresh of every running job (the resident set's
+high-water mark is reached then, not before):
 
 - every response must be a complete 200 (failures are counted, not hidden);
 - p50/p99/max scrape latency, as the scrapers saw it;
@@ -11,8 +13,6 @@ refresh of every running job (the allocator's high-water mark is reached then, n
   samples taken every half second: flat means no growth under steady load;
 - API calls made during the run against the ideal, one per running job per cache TTL (finished
   jobs are cached for an hour and cost nothing), and the most any single job got.
-
-`tests/test_load.py` runs a shorter version of the same code on every CI run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import gzip
 import http.client
-import re
 import statistics
 import threading
 import time
@@ -101,7 +100,12 @@ class LoadResult:
             (f"ideal (running jobs x run / TTL {self.cache_ttl:g} s)", self.ideal_calls),
             ("most calls to one job", max(self.calls_by_job.values(), default=0)),
         ]  # fmt: skip
-        return table(("measure", "value"), rows, title="Load")
+        return table(
+            ("measure", "value"),
+            rows,
+            title=f"Load: {self.scrapers} scrapers back to back, {self.jobs} jobs, cache TTL "
+            f"{self.cache_ttl:g} s (load average {common.load_average()} at the end)",
+        )
 
 
 def _scrape_loop(
@@ -115,7 +119,6 @@ def _scrape_loop(
     """Scrape back to back on one keep-alive connection, as a Prometheus server would (without
     the pause between scrapes), and check each answer is whole."""
     headers = scrape_headers(gzip=True, timeout=10)
-    tracked = re.compile(rb"\ncerby_tracked_jobs (\S+)\n")
     scraper = Scraper(port, timeout=30)
     try:
         while not stop.is_set():
@@ -126,8 +129,8 @@ def _scrape_loop(
                 if status != 200:
                     problem = f"HTTP {status}"
                 else:
-                    match = tracked.search(gzip.decompress(body))
-                    if match is None or float(match.group(1)) != jobs:
+                    text = gzip.decompress(body)
+                    if common.tracked_jobs(text) != jobs or common.jobs_shown(text) != jobs:
                         problem = "incomplete exposition"
             except (OSError, http.client.HTTPException, EOFError) as exc:
                 problem = type(exc).__name__
@@ -160,15 +163,12 @@ def run(
         ids = common.bulk_job_ids(jobs)
         exporter = common.start_exporter(
             stack,
-            simulator.base_url,
+            simulator,
             ids,
             flags=["--cache-ttl", f"{cache_ttl:g}", "--terminal-cache-ttl", "3600"],
         )
-        from cerby_exporter.simulator import bulk_jobs
-
-        running = sum(
-            1 for job in bulk_jobs(jobs).values() if job.timeline[0][1]["status"] != "finished"
-        )
+        common.full_scrape(exporter, jobs)
+        running = common.running_bulk_jobs(jobs)
         result = LoadResult(jobs, running, scrapers, seconds, cache_ttl, window=window)
         stop, measuring, lock = threading.Event(), threading.Event(), threading.Lock()
         threads = [
@@ -184,27 +184,20 @@ def run(
             thread.start()
         try:
             time.sleep(warmup)
-            before = _calls(simulator)
+            before = common.requests_by_job(simulator)
             measuring.set()
             started = time.monotonic()
             while (elapsed := time.monotonic() - started) < seconds:
                 result.rss.append((elapsed, rss_mib(exporter.pid)))
                 time.sleep(min(0.5, max(0.0, seconds - elapsed)))
             measuring.clear()
-            after = _calls(simulator)
+            after = common.requests_by_job(simulator)
         finally:
             stop.set()
             for thread in threads:
                 thread.join(35)
         result.calls_by_job = {job: after.get(job, 0) - before.get(job, 0) for job in ids}
         return result
-
-
-def _calls(simulator: common.Simulator) -> dict[str, int]:
-    by_job = simulator.stats()["by_job"]
-    if not isinstance(by_job, dict):
-        raise RuntimeError("simulator stats have no by_job")
-    return {str(job): int(n) for job, n in by_job.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

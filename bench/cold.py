@@ -31,6 +31,8 @@ from bench.common import median, table
 class ColdRun:
     seconds: float
     threaded: float
+    cpu: float
+    """CPU seconds the exporter spent during the cold scrape."""
     requests: int
     jobs_shown: int
 
@@ -66,13 +68,16 @@ def cold_run(jobs: int, latency: float, concurrency: int, status_series: str) ->
         time.sleep(common.RELOAD_WAIT)
         threaded = threaded_fetch(simulator.base_url, ids, concurrency)
         before = common.api_requests(simulator)
+        cpu_before = exporter.cpu_seconds()
         exporter.set_job_ids(ids)
         with common.Scraper(exporter.port) as scraper:
             status, body, seconds = scraper.get("/metrics", common.scrape_headers(gzip=True))
         if status != 200:
             raise RuntimeError(f"cold scrape: HTTP {status}")
+        cpu = exporter.cpu_seconds() - cpu_before
         requests = common.api_requests(simulator) - before
-        return ColdRun(seconds, threaded, requests, common.jobs_shown(gzip.decompress(body)))
+        shown = common.jobs_shown(gzip.decompress(body))
+        return ColdRun(seconds, threaded, cpu, requests, shown)
 
 
 def run(sizes: list[int], runs: int, latency: float, concurrency: int, status_series: str) -> str:
@@ -90,6 +95,7 @@ def run(sizes: list[int], runs: int, latency: float, concurrency: int, status_se
                 median([r.seconds / ideal for r in got]) if ideal > 0 else float("nan"),
                 min(r.seconds for r in got),
                 max(r.seconds for r in got),
+                median([r.cpu / r.requests * 1000 for r in got]),
                 median([r.requests for r in got]),
                 min(r.jobs_shown for r in got),
             ]
@@ -104,6 +110,7 @@ def run(sizes: list[int], runs: int, latency: float, concurrency: int, status_se
             "x ideal",
             "min s",
             "max s",
+            "exporter CPU ms/job",
             "API requests",
             "jobs shown",
         ],

@@ -121,35 +121,25 @@ def memory_run(jobs: int, mode: str, duration: float, sample_every: float = 10.0
 
 def run(sizes: list[int], modes: list[str], duration: float) -> str:
     got = [memory_run(jobs, mode, duration) for mode in modes for jobs in sizes]
+    long = duration > FLAT_FROM + 10
+    headers = ["N, status series", "MiB after warm-up", "MiB at 1 min"]
+    if long:
+        headers += [f"MiB at {duration / 60:g} min", "spread from 1 min"]
+    headers += ["MiB peak", "scrapes", "API requests"]
+    rows: list[list[object]] = []
+    for r in got:
+        row: list[object] = [f"{r.jobs} {r.mode}", r.after_warm_up, r.at_minute_1]
+        if long:
+            row += [r.at_end, r.spread]
+        rows.append([*row, r.peak, r.scrapes, r.requests])
     out = table(
-        [
-            "N, status series",
-            "MiB after warm-up",
-            "MiB at 1 min",
-            f"MiB at {duration / 60:g} min",
-            "MiB peak",
-            "spread from 1 min",
-            "scrapes",
-            "API requests",
-        ],
-        [
-            [
-                f"{r.jobs} {r.mode}",
-                r.after_warm_up,
-                r.at_minute_1,
-                r.at_end,
-                r.peak,
-                r.spread,
-                r.scrapes,
-                r.requests,
-            ]
-            for r in got
-        ],
+        headers,
+        rows,
         f"Resident memory (VmRSS) over {duration:g} s of scraping (two scrapers every 15 s, "
         f"gzip; TTLs 60 s / 3600 s; load average {common.load_average()} at the end)",
     )
     for r in got:
-        if r.duration >= 120:
+        if long:
             points = "  ".join(
                 f"{at / 60:.0f}m:{mib:.1f}"
                 for at, mib in r.samples

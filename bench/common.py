@@ -2,9 +2,9 @@
 servers the warm scrape is held to, and tables.
 
 Processes (the exporter, the simulator, Prometheus, nginx), free ports, resident memory and
-exposition parsing come from the test helpers (`tests.e2e`, `tests.prom_support`), so the
-benchmarks start and read them exactly as the end-to-end tests do. Every process runs on
-loopback, belongs to a `contextlib.ExitStack` that stops it, and every wait is bounded.
+exposition parsing come from the test helpers (`tests.support`), so the benchmarks start and
+read them exactly as the end-to-end tests do. Every process runs on loopback, belongs to a
+`contextlib.ExitStack` that stops it, and every wait is bounded.
 """
 
 from __future__ import annotations
@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Final
 
 from cerby_exporter.simulator import bulk_jobs
-from tests.e2e import ExporterProcess, SimulatorProcess, free_port, parse_samples, rss_kib, value
-from tests.prom_support import running
+from tests.support import (
+    ExporterProcess,
+    SimulatorProcess,
+    free_port,
+    parse_samples,
+    rss_mib,
+    run_service,
+    value,
+)
 
 API_KEY: Final = "bench-key-0123456789"
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -49,10 +56,6 @@ def running_bulk_jobs(count: int) -> int:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def rss_mib(pid: int) -> float:
-    return rss_kib(pid) / 1024
 
 
 def cpu_seconds(pid: int) -> float:
@@ -292,7 +295,7 @@ http {{
         encoding="utf-8",
     )
     argv = [binary, "-p", str(prefix), "-e", "stderr", "-c", str(conf)]
-    service = stack.enter_context(running("nginx", argv, prefix))
+    service = stack.enter_context(run_service("nginx", argv, prefix))
     service.wait_ready(f"http://127.0.0.1:{port}/metrics")
     return port
 
@@ -302,7 +305,8 @@ def start_python_static(stack: contextlib.ExitStack, root: Path) -> int:
     file, for comparison."""
     port = free_port()
     argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
-    service = stack.enter_context(running("http.server", [*argv, "--directory", str(root)], root))
+    argv += ["--directory", str(root)]
+    service = stack.enter_context(run_service("http.server", argv, root))
     service.wait_ready(f"http://127.0.0.1:{port}/metrics")
     return port
 

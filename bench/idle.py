@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from bench import common
 from bench.common import median, ms, table
-from tests.e2e import connections_held, threads
+from tests.support import connections_held, threads
 
 LONG_TTL = "86400"
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"

@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass, field
 
 from bench import common
-from bench.common import Scraper, rss_mib, scrape_headers, table
+from bench.common import Scraper, scrape_headers, table
+from tests.support import rss_mib
 
 
 @dataclass

@@ -15,7 +15,7 @@ import urllib.parse
 
 from bench import common
 from bench.common import table
-from tests.prom_support import http_json, prometheus
+from tests.support import http_json, prometheus
 
 
 def _query(url: str, expr: str) -> float | None:

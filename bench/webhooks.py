@@ -27,8 +27,7 @@ import aiohttp
 
 from bench import common
 from cerby_exporter.signatures import Ed25519Key, Keys, verify
-from tests.e2e import ExporterProcess, SimulatorProcess
-from tests.support import WebhookKeys, envelope
+from tests.support import ExporterProcess, SimulatorProcess, WebhookKeys, envelope
 
 API_KEY = "bench-webhooks-key"
 JOB_POOL = 500

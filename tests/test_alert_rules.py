@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.prom_support import (
+from tests.support import (
     ALERTS_DOC,
     OVERRIDES_EXAMPLE,
     RULE_TESTS_DIR,

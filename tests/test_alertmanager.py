@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.prom_support import (
+from tests.support import (
     ALERTMANAGER_CONFIG,
     alertmanager,
     http_json,

@@ -19,8 +19,17 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import parser as openmetrics_parser
 
 from cerby_exporter.simulator import Simulator
-from tests.e2e import Samples, parse_samples, raw_exchange, value
-from tests.support import FAILED, FINISHED, RUNNING, Running, settings_for
+from tests.support import (
+    FAILED,
+    FINISHED,
+    RUNNING,
+    Running,
+    Samples,
+    parse_samples,
+    raw_exchange,
+    settings_for,
+    value,
+)
 
 Factory = Callable[..., Running]
 openmetrics_families = cast(

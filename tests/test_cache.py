@@ -19,6 +19,7 @@ from cerby_exporter.cache import Entry, JobCache, TTLPolicy, next_due
 from cerby_exporter.client import Attempt, BackedOff, FetchError
 from cerby_exporter.metrics import ExporterMetrics
 from cerby_exporter.model import Job
+from tests.support import Clock
 
 A = "aaaaaaaa-0000-0000-0000-000000000001"
 B = "bbbbbbbb-0000-0000-0000-000000000002"
@@ -32,14 +33,6 @@ def job(job_id: str, status: str) -> Job:
         job_id, status, "setup_mfa", "manual", "twitter", None, None, None, None,
         True, None, None, None, None,
     )  # fmt: skip
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeCerby:
@@ -175,7 +168,7 @@ def test_a_job_that_turns_terminal_gets_the_long_ttl() -> None:
 
 def test_failed_refresh_keeps_last_good_data_and_says_so() -> None:
     async def scenario() -> None:
-        cerby, clock, metrics = FakeCerby(), Clock(), ExporterMetrics()
+        cerby, clock, metrics = FakeCerby(), Clock(1000.0), ExporterMetrics()
         cache = make(cerby, clock, metrics=metrics)
         await cache.refresh([A], clock() + 5)
         good = cache.peek([A])[A]

@@ -15,7 +15,7 @@ import pytest
 
 from cerby_exporter import __version__
 from cerby_exporter.simulator import DEMO_MISSING_JOB, demo_job_ids
-from tests.e2e import ExporterProcess, free_port
+from tests.support import ExporterProcess, free_port
 
 SECRET = "sk-cli-test-never-print-4242"
 

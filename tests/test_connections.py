@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from cerby_exporter.simulator import bulk_jobs, demo_job_ids
-from tests.e2e import (
+from tests.support import (
     ExporterProcess,
     SimulatorProcess,
     connections_held,
@@ -34,8 +34,8 @@ from tests.e2e import (
     read_until_closed,
     threads,
     value,
+    wait_for,
 )
-from tests.prom_support import wait_for
 
 MAX_THREADS = 40
 """The exporter's threads stay under this however many connections it holds."""

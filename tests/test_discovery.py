@@ -16,6 +16,7 @@ from cerby_exporter.metrics import ExporterMetrics
 from cerby_exporter.model import Job, parse_job
 from cerby_exporter.state import AsyncState, StateStore
 from cerby_exporter.webhook import Discovery, WebhookMetrics
+from tests.support import Clock
 
 DAY = 86400.0
 CONFIGURED = "00000000-0000-0000-0000-00000000000c"
@@ -38,17 +39,9 @@ class Cerby:
         return parse_job(document, job), Attempt(1, True)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class World:
     def __init__(self, tmp_path: Path, max_jobs: int = 100) -> None:
-        self.clock = Clock()
+        self.clock = Clock(1_800_000_000.0)
         self.cerby = Cerby()
         self.source = JobIdSource((CONFIGURED,), None, max_jobs)
         self.cache = JobCache(

@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,8 +32,8 @@ from typing import IO
 import pytest
 
 from cerby_exporter.settings import DEFAULT_PORT, Settings, env_of, flag_of
+from tests.support import REPO, free_port
 
-REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
@@ -344,13 +343,6 @@ def test_dockerignore_matching_follows_docker() -> None:
 
 
 # --- the image's steps, replayed ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def get(port: int, path: str) -> tuple[int, str]:

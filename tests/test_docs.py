@@ -18,21 +18,21 @@ from tests.support import (
     FAILED,
     FINISHED,
     MISSING,
+    REPO,
     WebhookKeys,
     small_workspace,
     start_exporter,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
-METRICS_DOC = (ROOT / "docs" / "metrics.md").read_text()
+README = (REPO / "README.md").read_text()
+METRICS_DOC = (REPO / "docs" / "metrics.md").read_text()
 
 
 def test_quick_start_is_two_commands_and_ci_runs_the_second() -> None:
     quick = README.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in quick.strip().splitlines()]
     assert commands == ["make run", "make test"]
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (REPO / ".ci" / "run").read_text()
 
 
 def test_configuration_table_lists_every_setting() -> None:

@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.prom_support import (
+from tests.support import (
     ALERTMANAGER_CONFIG,
     DASHBOARD_FILES,
     PROMETHEUS_METRICS,
@@ -38,10 +37,11 @@ from tests.prom_support import (
     load_dashboard,
     metric_names,
     panels,
+    parse_samples,
     prometheus,
     recorded_names,
     rules,
-    running,
+    run_service,
     substitute_variables,
     threshold_override_names,
     variable_queries,
@@ -178,10 +178,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "--log.level", "error",
         *receiver.flags(),
     ]  # fmt: skip
-    with running("simulator", sim_args, work) as sim:
+    with run_service("simulator", sim_args, work) as sim:
         sim.wait_ready(f"{simulator}/_sim/stats")
         put_jobs(simulator, HEALTHY)
-        with running("exporter", exporter_args, work, clean_env(CERBY_API_KEY=API_KEY)) as exp:
+        with run_service(
+            "exporter", exporter_args, work, clean_env({"CERBY_API_KEY": API_KEY})
+        ) as exp:
             exp.wait_ready(f"{exporter}/readyz")
             # A configured job that failed, was retried and worked: the webhook series have data.
             first = job_id(1)
@@ -395,11 +397,7 @@ def test_dashboard_variables_have_values(stack: Stack) -> None:
 def test_every_metric_name_exists_in_the_exporters_output(stack: Stack) -> None:
     status, body = http(f"{stack.exporter}/metrics")
     assert status == 200
-    exposed = {
-        sample.name
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
+    exposed = {name for name, _ in parse_samples(body.decode())}
     overrides = threshold_override_names()
     recorded = recorded_names()
     exprs = [rule["expr"] for rule in rules()]

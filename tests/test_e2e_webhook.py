@@ -9,16 +9,18 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.prom_support import (
+from tests.support import (
     RULES_FILE,
+    WebhookKeys,
     clean_env,
+    envelope,
     free_port,
     http_json,
+    job_attributes,
     prometheus,
-    running,
+    run_service,
     wait_for,
 )
-from tests.support import WebhookKeys, envelope, job_attributes
 
 API_KEY = "e2e-webhook-key"
 LEARNED = "8c1f0e2a-3b4d-4e5f-8a6b-7c8d9e0f1a2b"
@@ -49,10 +51,12 @@ def test_a_failed_removal_learned_from_a_webhook_fires_the_access_removal_alert(
         workflowType="revoke_access",
         errorDetails={"errorType": "BadCredentials", "userRequired": True},
     )
-    with running("simulator", sim_args, tmp_path) as sim:
+    with run_service("simulator", sim_args, tmp_path) as sim:
         sim.wait_ready(f"{simulator}/_sim/stats")
         http_json(f"{simulator}/_sim/jobs/{LEARNED}", "PUT", failed)
-        with running("exporter", exporter_args, tmp_path, clean_env(CERBY_API_KEY=API_KEY)) as exp:
+        with run_service(
+            "exporter", exporter_args, tmp_path, clean_env({"CERBY_API_KEY": API_KEY})
+        ) as exp:
             exp.wait_ready(f"{exporter}/readyz")
             config = tmp_path / "prometheus.yml"
             config.write_text(prometheus_config(exporter), encoding="utf-8")

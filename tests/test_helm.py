@@ -28,11 +28,9 @@ import yaml
 from cerby_exporter.jobids import parse_job_ids_file
 from cerby_exporter.settings import Settings, env_of, flag_of
 from tests import helm_render
+from tests.support import DASHBOARDS_DIR, REPO, RULES_FILE
 
-REPO = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO / "helm" / "cerby-exporter"
-RULES_FILE = REPO / "dashboards" / "alerts" / "cerby-exporter.rules.yml"
-DASHBOARDS_DIR = REPO / "dashboards"
 DOCKERFILE = REPO / "Dockerfile"
 
 RELEASE = "cerby-exporter"

@@ -8,17 +8,13 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 import httpx
 import pytest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics import parser as openmetrics_parser
 
 from cerby_exporter.simulator import Faults, Simulator
-from tests.e2e import Samples, parse_samples, value
 from tests.support import (
     API_KEY,
     FAILED,
@@ -26,8 +22,12 @@ from tests.support import (
     MISSING,
     RUNNING,
     Running,
+    Samples,
     job_attributes,
+    openmetrics_families,
+    parse_samples,
     settings_for,
+    value,
 )
 
 Factory = Callable[..., Running]
@@ -274,10 +274,7 @@ def test_openmetrics_and_gzip_by_negotiation(
     )
     assert om.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     assert om.text.endswith("# EOF\n")
-    parse_om = cast(
-        Callable[[str], Iterator[Metric]], openmetrics_parser.text_string_to_metric_families
-    )
-    families = {family.name: family for family in parse_om(om.text)}
+    families = {family.name: family for family in openmetrics_families(om.text)}
     assert families["cerby_api_requests"].type == "counter"
     assert families["cerby_job_status"].type == "gauge"
     raw = httpx.get(

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import REPO, clean_env, free_port
+from tests.support import REPO, clean_env, free_port
 
 TEST_TOOLS = ("pytest", "ruff", "mypy", "hadolint")
 

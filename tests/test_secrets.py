@@ -27,8 +27,17 @@ from cerby_exporter import settings as settings_module
 from cerby_exporter.app import start_server
 from cerby_exporter.settings import Settings, effective
 from cerby_exporter.simulator import Faults, Simulator, Workspace
-from tests.e2e import ExporterProcess, clean_env, parse_samples, value
-from tests.support import FAILED, FINISHED, MISSING, RUNNING, small_workspace
+from tests.support import (
+    FAILED,
+    FINISHED,
+    MISSING,
+    RUNNING,
+    ExporterProcess,
+    clean_env,
+    parse_samples,
+    small_workspace,
+    value,
+)
 
 T = TypeVar("T")
 

@@ -15,8 +15,16 @@ import pytest
 
 from cerby_exporter.app import SHUTDOWN_GRACE
 from cerby_exporter.simulator import Faults, Simulator
-from tests.e2e import ExporterProcess, job_ids_with, parse_samples, read_until_closed, value
-from tests.support import API_KEY, FINISHED, RUNNING
+from tests.support import (
+    API_KEY,
+    FINISHED,
+    RUNNING,
+    ExporterProcess,
+    job_ids_with,
+    parse_samples,
+    read_until_closed,
+    value,
+)
 
 JOBS = (FINISHED, RUNNING)
 SCRAPE_TIMEOUT = 20.0

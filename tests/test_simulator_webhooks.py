@@ -29,8 +29,15 @@ from multidict import CIMultiDict
 from cerby_exporter import signatures
 from cerby_exporter.simulator import SimJob, Simulator, Workspace
 from cerby_exporter.simulator_webhooks import ERROR_CODES, WebhookDelivery, retry_after_delay
-from tests.e2e import SimulatorProcess
-from tests.support import API_KEY, FAILED, FINISHED, RUNNING, job_attributes, small_workspace
+from tests.support import (
+    API_KEY,
+    FAILED,
+    FINISHED,
+    RUNNING,
+    SimulatorProcess,
+    job_attributes,
+    small_workspace,
+)
 
 KEY_ID = "6f1c1e0a-3b5d-4c2e-9a7f-1d2e3f4a5b6c"
 HMAC_SECRET = b"simulator-test-secret-0123456789"

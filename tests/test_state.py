@@ -29,8 +29,7 @@ from cerby_exporter.state import (
     StateStore,
     StateUnavailable,
 )
-from tests.e2e import REPO, clean_env
-from tests.support import FAILED, FINISHED, RUNNING, job_attributes
+from tests.support import FAILED, FINISHED, REPO, RUNNING, clean_env, job_attributes
 
 HOUR = 3600.0
 

@@ -28,8 +28,16 @@ from cerby_exporter import cli, webconfig
 from cerby_exporter.settings import Settings
 from cerby_exporter.simulator import Simulator
 from cerby_exporter.webconfig import BasicAuth, WebConfigError, WebConfigSource, parse
-from tests.e2e import ExporterProcess, parse_samples, value
-from tests.support import API_KEY, FINISHED, Running, settings_for, start_exporter
+from tests.support import (
+    API_KEY,
+    FINISHED,
+    ExporterProcess,
+    Running,
+    parse_samples,
+    settings_for,
+    start_exporter,
+    value,
+)
 
 PASSWORD = "correct horse battery staple"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()

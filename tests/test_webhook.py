@@ -16,17 +16,22 @@ from cerby_exporter.settings import Settings
 from cerby_exporter.signatures import KeysSource
 from cerby_exporter.simulator import Simulator
 from cerby_exporter.state import StateStore
-from tests.e2e import ExporterProcess, Samples, free_port, parse_samples, value
 from tests.support import (
     API_KEY,
     FAILED,
     FINISHED,
+    ExporterProcess,
     Running,
+    Samples,
     WebhookKeys,
     envelope,
+    free_port,
     job_attributes,
+    parse_samples,
     settings_for,
     start_exporter,
+    value,
+    wait_for,
 )
 
 NEW_JOB = "55555555-6666-7777-8888-999999999999"
@@ -79,13 +84,6 @@ def receiving(simulator: Simulator, tmp_path: Path) -> Iterator[Receiving]:
         running.stop()
 
 
-def wait_for(condition: object, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not callable(condition) or not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_an_event_for_a_job_configured_nowhere_is_tracked_and_fetched_before_any_scrape(
     receiving: Receiving,
 ) -> None:
@@ -93,7 +91,7 @@ def test_an_event_for_a_job_configured_nowhere_is_tracked_and_fetched_before_any
     answer = receiving.post(envelope(NEW_JOB))
     assert answer.status_code == 200
     assert answer.json() == {"result": "accepted"}
-    wait_for(lambda: workspace.stats()["by_job"].get(NEW_JOB) == 1)
+    wait_for("the new job fetched", lambda: workspace.stats()["by_job"].get(NEW_JOB) == 1, 5)
     parsed = receiving.metrics()
     assert (
         value(
@@ -265,7 +263,11 @@ def test_a_keys_file_edited_while_running_takes_the_new_key_without_a_restart(
 ) -> None:
     keys = receiving.keys
     keys.write(with_ed25519=False)
-    wait_for(lambda: receiving.post(envelope(None, error_code=None)).status_code == 503)
+    wait_for(
+        "the keys file reloaded",
+        lambda: receiving.post(envelope(None, error_code=None)).status_code == 503,
+        5,
+    )
     body = envelope(NEW_JOB)
     refused = receiving.post(body, keys.headers(body))
     assert refused.json() == {"result": "unknown_key"}
@@ -276,7 +278,9 @@ def test_a_keys_file_edited_while_running_takes_the_new_key_without_a_restart(
         "result": "accepted"
     }
     keys.write()
-    wait_for(lambda: receiving.post(body, keys.headers(body)).status_code == 200)
+    wait_for(
+        "the keys restored", lambda: receiving.post(body, keys.headers(body)).status_code == 200, 5
+    )
     assert receiving.running.log.getvalue().count("webhook keys not reloaded") == 1
 
 
@@ -315,7 +319,7 @@ def test_kill_9_right_after_a_2xx_loses_nothing_and_a_restart_fetches_no_fresh_j
     with ExporterProcess(args, tmp_path, env) as first:
         first.wait_ready()
         assert post(first.url, envelope(NEW_JOB)).json() == {"result": "accepted"}
-        wait_for(lambda: workspace.stats()["by_job"].get(NEW_JOB) == 1)
+        wait_for("the new job fetched", lambda: workspace.stats()["by_job"].get(NEW_JOB) == 1, 5)
         time.sleep(0.5)  # the fetched data reaches the state file in the background
         assert post(first.url, envelope(later)).status_code == 200
         first.proc.send_signal(signal.SIGKILL)

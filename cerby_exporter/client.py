@@ -3,6 +3,10 @@
 Classification is by HTTP status alone: Cerby's error bodies disagree with each other, so they are
 diagnostics at most. The key travels only in the `X-API-Key` header of requests to the configured
 host; redirects are never followed, so it cannot be carried anywhere else.
+
+httpx's requests go out through aiohttp's client (the `httpx-aiohttp` transport): the server
+already runs on aiohttp, and its connection pool spends a fraction of the CPU per request that
+httpcore's asyncio pool does (docs/performance.md, "Cold scrape against a threaded client").
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Final
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from cerby_exporter import __version__
 from cerby_exporter.backoff import (
@@ -65,6 +71,24 @@ def classify_status(code: int) -> str | None:
     if code >= 500:
         return "server_error"
     return "invalid_response"  # a redirect or another 4xx: nothing we can use or retry
+
+
+def timed_out(exc: Exception) -> bool:
+    """Did the request fail for want of time, rather than on a broken connection?
+
+    httpx-aiohttp raises `httpx.ConnectTimeout` for every aiohttp connection error, a reset or a
+    server that hung up included; the aiohttp error it chains says which it was.
+    """
+    if not isinstance(exc, httpx.TimeoutException):
+        return False
+    cause = exc.__cause__
+    return cause is None or isinstance(cause, TimeoutError)
+
+
+def transport_failure(exc: Exception) -> str:
+    """The name of what broke, for the log: aiohttp's own error when httpx wraps one."""
+    cause = exc.__cause__
+    return type(cause if isinstance(cause, Exception) else exc).__name__
 
 
 def key_accepted(code: int) -> bool:
@@ -164,14 +188,17 @@ class CerbyClient:
         self._sleep = sleep
         self._rand = rand
         self._key_rejected = False
-        verify: str | bool = str(ca_bundle) if ca_bundle is not None else True
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        if transport is None:
+            cafile = str(ca_bundle) if ca_bundle is not None else None
+            verify = ssl.create_default_context(cafile=cafile)
+            transport = AiohttpTransport(verify=verify, limits=limits, trust_env=False)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(request_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            limits=limits,
             follow_redirects=False,
-            verify=verify,
             transport=transport,
             trust_env=False,
             headers={"Accept": "application/json", "User-Agent": f"cerby-exporter/{__version__}"},
@@ -220,12 +247,11 @@ class CerbyClient:
             key = await self._key.get()
             async with self._http.stream("GET", url, headers={"X-API-Key": key}) as response:
                 body, too_big = await self._read_capped(response, started)
-        except httpx.TimeoutException:
-            self._metrics.observe_failed_request(self._monotonic() - started)
-            return FetchError("timeout", f"no answer within {self._timeout:g}s"), None
         except (httpx.TransportError, httpx.StreamError) as exc:
             self._metrics.observe_failed_request(self._monotonic() - started)
-            return FetchError("transport", type(exc).__name__), None
+            if timed_out(exc):
+                return FetchError("timeout", f"no answer within {self._timeout:g}s"), None
+            return FetchError("transport", transport_failure(exc)), None
         code = response.status_code
         self._metrics.observe_response(code, self._monotonic() - started)
         reason = classify_status(code)

@@ -22,8 +22,18 @@ import pytest
 from cerby_exporter.client import ApiKey
 from cerby_exporter.metrics import FETCH_ERROR_REASONS
 from cerby_exporter.simulator import Faults, Simulator
-from tests.e2e import Samples, job_ids_with, parse_samples, value
-from tests.support import API_KEY, FAILED, FINISHED, RUNNING, Running, settings_for
+from tests.support import (
+    API_KEY,
+    FAILED,
+    FINISHED,
+    RUNNING,
+    Running,
+    Samples,
+    job_ids_with,
+    parse_samples,
+    settings_for,
+    value,
+)
 
 JOBS = (FINISHED, RUNNING, FAILED)
 DEADLINE = 2.0
@@ -44,11 +54,15 @@ REASON_OF = {
     "oversize": "invalid_response",
     "content_type": "invalid_response",
     "hang": "timeout",
-    "reset": "transport",
+    "reset": "transport",  # met once or twice per fetch: see RESENT
     "nulls": None,  # a valid envelope: the job is shown with empty labels, status unknown
     "unknown_fields": None,  # ignored fields, and an undocumented status shown as unknown
 }
 """The reason a fetch that met each fault is counted under; None: not a failure."""
+
+RESENT = "reset"
+"""aiohttp's client resends a GET once, on a new connection, when a kept-alive one breaks before
+an answer (RFC 9112, section 9.3.1): a fetch that failed on resets met one or two of them."""
 
 Factory = Callable[..., Running]
 
@@ -107,9 +121,18 @@ def expected_errors(counts: dict[str, int], base: dict[str, float]) -> dict[str,
     expected = dict(base)
     for kind, count in counts.items():
         reason = REASON_OF[kind]
-        if reason is not None:
+        if reason is not None and kind != RESENT:
             expected[reason] += count
     return expected
+
+
+def assert_counted(found: dict[str, float], counts: dict[str, int], base: dict[str, float]) -> None:
+    """Every injected fault is counted once under its reason; a fetch failed by resets, once."""
+    expected = expected_errors(counts, base)
+    resets = counts.get(RESENT, 0)
+    failed_by_resets = found["transport"] - expected["transport"]
+    assert failed_by_resets <= resets <= 2 * failed_by_resets
+    assert {**found, "transport": 0} == {**expected, "transport": 0}
 
 
 def info_labels(samples: Samples) -> dict[str, dict[str, str]]:
@@ -141,7 +164,7 @@ def test_each_fault_lands_under_its_reason_and_data_survives(
     counts = injected(simulator)
     assert counts.get(kind, 0) >= len(JOBS)
     assert set(counts) == {kind}
-    assert errors(during) == expected_errors(counts, base)
+    assert_counted(errors(during), counts, base)
     reason = REASON_OF[kind]
     if reason is None:  # accepted as data: shown, fresh, with what Cerby said
         assert {value(during, "cerby_job_fetch_success", job_id=j) for j in JOBS} == {1.0}
@@ -200,7 +223,7 @@ def test_random_mixed_faults_are_counted_exactly(
     base_codes = responses(good)
     phases = [
         Faults(status=500, rate=0.5),
-        Faults(fault="reset", rate=0.5),
+        Faults(fault="reset", rate=1.0),  # at 0.5, a resent GET could succeed uncounted
         Faults(status=503, rate=0.5),
         Faults(fault="malformed", rate=0.5),
         Faults(status=429, rate=0.5, retry_after="1"),
@@ -226,7 +249,7 @@ def test_random_mixed_faults_are_counted_exactly(
     final = scrape(running)
     counts = injected(simulator)
     assert sum(counts.values()) >= 20
-    assert errors(final) == expected_errors(counts, base)
+    assert_counted(errors(final), counts, base)
     for code in (429, 500, 502, 503):
         assert responses(final).get(str(code), 0) - base_codes.get(str(code), 0) == counts.get(
             f"status_{code}", 0

@@ -180,11 +180,11 @@ async def _exposition(
         }
     )
     if accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, "")):
-        prefix = EMPTY_PREFIX if jobs is None else await jobs.gzip_prefix()
+        prefix = EMPTY_PREFIX if jobs is None else jobs.gzip
         parts = (prefix.deflated, gzip_tail(prefix, rest))
         response.headers[hdrs.CONTENT_ENCODING] = "gzip"
     else:
-        parts = (rest,) if jobs is None else (jobs.body, rest)
+        parts = (rest,) if jobs is None else (await jobs.plain(), rest)
     response.content_length = sum(len(part) for part in parts)
     await response.prepare(request)
     if request.method != "HEAD":

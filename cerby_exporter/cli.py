@@ -207,7 +207,6 @@ def _check_webhook_keys(path: Path) -> None:
 
 def serve(loaded: Loaded, explicit: set[str]) -> int:
     """Run until SIGTERM or SIGINT; `explicit` names the settings given as flags."""
-    from cerby_exporter.signatures import KeysFileError, KeysSource
     from cerby_exporter.state import StateError, StateStore
 
     settings = loaded.settings
@@ -216,12 +215,20 @@ def serve(loaded: Loaded, explicit: set[str]) -> int:
     signing_key = None
     if settings.demo:
         settings, signing_key = _demo_settings(settings, explicit)
+    keys = None
+    if settings.webhook_keys_file is not None:
+        # Only here: signatures loads cryptography, which an exporter without webhooks never needs.
+        from cerby_exporter.signatures import KeysFileError, KeysSource
+
+        try:
+            keys = KeysSource(settings.webhook_keys_file)
+        except KeysFileError as exc:  # changed since main() checked it
+            print(
+                f"cerby-exporter: {SettingsError('webhook_keys_file', str(exc))}", file=sys.stderr
+            )
+            return EXIT_BAD_SETTINGS
     try:
-        keys = KeysSource(settings.webhook_keys_file) if settings.webhook_keys_file else None
         state = StateStore.open(settings.state_path)
-    except KeysFileError as exc:  # changed since main() checked it
-        print(f"cerby-exporter: {SettingsError('webhook_keys_file', str(exc))}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
     except StateError as exc:
         print(f"cerby-exporter: {SettingsError('state_path', str(exc))}", file=sys.stderr)
         return EXIT_BAD_SETTINGS

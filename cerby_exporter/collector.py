@@ -51,7 +51,15 @@ from cerby_exporter import __version__
 from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.cache import Entry, JobCache, Round, TTLPolicy
 from cerby_exporter.client import CerbyClient
-from cerby_exporter.exposition import GzipPrefix, gzip_prefix, header, sample
+from cerby_exporter.exposition import (
+    GzipPrefix,
+    Labels,
+    escape_label_value,
+    gzip_pieces,
+    header,
+    inflate,
+    sample,
+)
 from cerby_exporter.jobids import JobIdSource
 from cerby_exporter.landing import Row
 from cerby_exporter.metrics import ExporterMetrics
@@ -101,61 +109,147 @@ class View:
         }
 
 
-def render_job(job_id: str, entry: Entry | None, visible: bool, view: View) -> tuple[str, ...]:
-    """The lines of one job in each of `JOB_FAMILIES`, in that order ('' where it has none)."""
-    if entry is None or entry.job is None or entry.fetched_at is None or not visible:
-        lines = [""] * len(JOB_FAMILIES)
-        lines[_FETCH_SUCCESS] = sample("cerby_job_fetch_success", [("job_id", job_id)], 0)
-        return tuple(lines)
-    job = entry.job
-    ident = [("job_id", job_id)]
-    kind = [*ident, ("workflow_type", job.workflow_type or ""), ("provider", job.provider or "")]
-    current = job.status
-    statuses = (current,) if view.sparse_status else STATUSES
-    status = "".join(
-        sample("cerby_job_status", [*kind, ("status", s)], s == current) for s in statuses
+Shown = tuple[str, Entry | None]
+"""A tracked job as one rendering sees it: its ID, and its entry if its data is shown."""
+
+
+def _labels(labels: Labels) -> str:
+    return ",".join(f'{key}="{escape_label_value(text)}"' for key, text in labels)
+
+
+def _kind(job_id: str, job: Job) -> str:
+    return _labels(
+        [
+            ("job_id", job_id),
+            ("workflow_type", job.workflow_type or ""),
+            ("provider", job.provider or ""),
+        ]
     )
-    can_retry = "" if job.can_retry is None else sample("cerby_job_can_retry", kind, job.can_retry)
-    info_labels = [
-        *kind,
+
+
+def _status(job_id: str, entry: Entry | None, view: View) -> str:
+    if entry is None or entry.job is None:
+        return ""
+    kind = _kind(job_id, entry.job)
+    current = entry.job.status
+    statuses = (current,) if view.sparse_status else STATUSES
+    return "".join(
+        f'cerby_job_status{{{kind},status="{s}"}} {1 if s == current else 0}\n' for s in statuses
+    )
+
+
+def _can_retry(job_id: str, entry: Entry | None, _view: View) -> str:
+    if entry is None or entry.job is None or entry.job.can_retry is None:
+        return ""
+    return f"cerby_job_can_retry{{{_kind(job_id, entry.job)}}} {int(entry.job.can_retry)}\n"
+
+
+def _info(job_id: str, entry: Entry | None, view: View) -> str:
+    if entry is None or entry.job is None:
+        return ""
+    job = entry.job
+    more = [
         ("trigger", job.trigger or ""),
         ("account_id", job.account_id or ""),
         ("account_name", job.account_name or ""),
     ]
     if view.creator_labels:
-        info_labels += [
-            ("creator_id", job.creator_id or ""),
-            ("creator_name", job.creator_name or ""),
-        ]
+        more += [("creator_id", job.creator_id or ""), ("creator_name", job.creator_name or "")]
+    return f"cerby_job_info{{{_kind(job_id, job)},{_labels(more)}}} 1\n"
+
+
+def _created(job_id: str, entry: Entry | None, _view: View) -> str:
+    at = None if entry is None or entry.job is None else entry.job.created_at
     return (
-        status,
-        can_retry,
-        sample("cerby_job_info", info_labels, 1),
-        _timestamp("cerby_job_created_timestamp_seconds", ident, job.created_at),
-        _timestamp("cerby_job_updated_timestamp_seconds", ident, job.updated_at),
-        _error_info(job, ident),
-        sample("cerby_job_fetch_success", ident, entry.ok),
-        sample("cerby_job_last_fetch_timestamp_seconds", ident, entry.fetched_at),
+        ""
+        if at is None
+        else sample("cerby_job_created_timestamp_seconds", [("job_id", job_id)], at)
     )
 
 
-def _timestamp(name: str, ident: list[tuple[str, str]], value: float | None) -> str:
-    return "" if value is None else sample(name, ident, value)
+def _updated(job_id: str, entry: Entry | None, _view: View) -> str:
+    at = None if entry is None or entry.job is None else entry.job.updated_at
+    return (
+        ""
+        if at is None
+        else sample("cerby_job_updated_timestamp_seconds", [("job_id", job_id)], at)
+    )
 
 
-def _error_info(job: Job, ident: list[tuple[str, str]]) -> str:
-    if job.status != "error" or job.error is None:
+def _error_info(job_id: str, entry: Entry | None, _view: View) -> str:
+    job = None if entry is None else entry.job
+    if job is None or job.status != "error" or job.error is None:
         return ""
     required = job.error.user_required
     return sample(
         "cerby_job_error_info",
         [
-            *ident,
+            ("job_id", job_id),
             ("error_type", job.error.error_type or ""),
             ("user_required", "" if required is None else str(required).lower()),
         ],
         1,
     )
+
+
+def _fetch_success(job_id: str, entry: Entry | None, _view: View) -> str:
+    ok = entry is not None and entry.job is not None and entry.ok
+    return f'cerby_job_fetch_success{{job_id="{escape_label_value(job_id)}"}} {int(ok)}\n'
+
+
+def _last_fetch(job_id: str, entry: Entry | None, _view: View) -> str:
+    at = None if entry is None or entry.job is None else entry.fetched_at
+    return (
+        ""
+        if at is None
+        else sample("cerby_job_last_fetch_timestamp_seconds", [("job_id", job_id)], at)
+    )
+
+
+FAMILY_LINES: Final[tuple[Callable[[str, Entry | None, View], str], ...]] = (
+    _status,
+    _can_retry,
+    _info,
+    _created,
+    _updated,
+    _error_info,
+    _fetch_success,
+    _last_fetch,
+)
+"""One job's lines in each of `JOB_FAMILIES`, in that order ('' where it has none)."""
+
+
+def render_job(job_id: str, entry: Entry | None, visible: bool, view: View) -> tuple[str, ...]:
+    """The lines of one job in each of `JOB_FAMILIES`, in that order ('' where it has none)."""
+    shown = entry if visible and entry is not None and entry.fetched_at is not None else None
+    return tuple(lines(job_id, shown, view) for lines in FAMILY_LINES)
+
+
+RENDER_CHUNK: Final = 512
+"""Jobs rendered into one piece of text: the rendering never holds more than a piece at once."""
+
+
+def job_text(
+    rows: Sequence[Shown], view: View, help_texts: Mapping[str, str], aggregate: bool
+) -> Iterator[str]:
+    """The job families of `rows` (and `cerby_jobs`, if `aggregate`), piece by piece.
+
+    The text format wants every family in one group, so it goes family by family over all the
+    jobs; each piece covers at most `RENDER_CHUNK` jobs of one family.
+    """
+    for name, lines in zip(JOB_FAMILIES, FAMILY_LINES, strict=True):
+        yield header(name, help_texts[name])
+        for start in range(0, len(rows), RENDER_CHUNK):
+            yield "".join(
+                lines(job_id, entry, view) for job_id, entry in rows[start : start + RENDER_CHUNK]
+            )
+    if aggregate:
+        parts = [header("cerby_jobs", help_texts["cerby_jobs"])]
+        shown = (entry.job for _, entry in rows if entry is not None and entry.job is not None)
+        for (workflow, provider, status), count in count_jobs(shown).items():
+            labels = [("workflow_type", workflow), ("provider", provider), ("status", status)]
+            parts.append(sample("cerby_jobs", labels, count))
+        yield "".join(parts)
 
 
 def shown_until(entry: Entry, policy: TTLPolicy, max_staleness: float) -> float:
@@ -199,25 +293,31 @@ def scrape_budget(header_value: str | None, default: float, offset: float) -> fl
 
 
 class JobPart:
-    """The job part of the exposition as bytes, and compressed, each made once.
+    """The job part of the exposition, compressed once when it is made; uncompressed only for
+    the first scrape that asks for it so (Prometheus asks for gzip).
 
     It stands for the tracked IDs `ids` at cache version `version`, until the wall clock passes
     `valid_until`, when the first shown job's data turns too old to show. A compressed scrape
-    is one gzip member: this part deflated once (`gzip_prefix`), then the rest of the scrape.
+    is one gzip member: this part as deflated once (`gzip`), then the rest of the scrape.
     """
 
-    __slots__ = ("_gzip", "body", "ids", "stale", "valid_until", "version")
+    __slots__ = ("_plain", "gzip", "ids", "stale", "valid_until", "version")
 
     def __init__(
-        self, ids: tuple[str, ...], version: int, valid_until: float, body: bytes, stale: int
+        self,
+        ids: tuple[str, ...],
+        version: int,
+        valid_until: float,
+        gzip: GzipPrefix,
+        stale: int,
     ) -> None:
         self.ids = ids
         self.version = version
         self.valid_until = valid_until
-        self.body = body
+        self.gzip = gzip
         self.stale = stale
         """Tracked jobs whose data is too old to show (`cerby_stale_jobs`)."""
-        self._gzip: asyncio.Future[GzipPrefix] | None = None
+        self._plain: asyncio.Future[bytes] | None = None
 
     def serves(self, ids: tuple[str, ...], version: int, now: float) -> bool:
         """True if these bytes are what the entries of `version` render to at `now`."""
@@ -228,12 +328,11 @@ class JobPart:
             and now <= self.valid_until
         )
 
-    async def gzip_prefix(self) -> GzipPrefix:
-        """The body deflated, once, by the first scrape that asks for it, in a thread (zlib
-        lets the loop go on meanwhile); concurrent scrapes wait for the same result."""
-        if self._gzip is None:
-            self._gzip = asyncio.ensure_future(asyncio.to_thread(gzip_prefix, self.body))
-        return await asyncio.shield(self._gzip)
+    async def plain(self) -> bytes:
+        """The part uncompressed, inflated once in a thread; concurrent scrapes share it."""
+        if self._plain is None:
+            self._plain = asyncio.ensure_future(asyncio.to_thread(inflate, self.gzip))
+        return await asyncio.shield(self._plain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,9 +455,8 @@ class Collector:
         self._metrics = metrics
         self._registry = registry
         self._health = health
-        self._rendered: dict[str, tuple[Entry | None, float, bool, tuple[str, ...]]] = {}
-        """Per job: the entry, until when it is shown, whether it was, and its lines."""
         self._job_part: JobPart | None = None
+        self._pending: tuple[tuple[tuple[str, ...], int], asyncio.Future[JobPart]] | None = None
         self.job_part_renders = 0
         """How many times the job part was rendered: once per change, not once per scrape."""
         self._key_checked_at = -float("inf")
@@ -401,7 +499,7 @@ class Collector:
         deadline = started + scrape_budget(timeout_header, self._default_timeout, self._offset)
         result = await self._refresh(ids, deadline)
         duration = self._clock() - started
-        jobs = self._jobs(ids, result)
+        jobs = await self._jobs(ids, result)
         self._health.current = Health(
             up=bool(self._cache.key_verdict()),
             scrape_duration=duration,
@@ -411,25 +509,48 @@ class Collector:
         )
         return jobs, render_registry(self._registry, openmetrics)
 
-    def _jobs(self, ids: tuple[str, ...], result: Round) -> JobPart:
-        """The job part for this scrape: the one already made if it still stands, else anew."""
+    async def _jobs(self, ids: tuple[str, ...], result: Round) -> JobPart:
+        """The job part for this scrape: the one already made if it still stands, else anew
+        (scrapes that arrive while it is being made wait for the same one)."""
         now = self._wall()
         part = self._job_part
         if part is not None and part.serves(ids, result.version, now):
             return part
-        body, stale, valid_until = self._render_jobs(ids, result.entries, now=now)
-        part = JobPart(ids, result.version, valid_until, body, stale)
-        self._job_part = part
-        self.job_part_renders += 1
+        pending = self._pending
+        if pending is None or pending[0] != (ids, result.version):
+            rows, stale, valid_until = self._shown(ids, result.entries, now)
+            made = asyncio.ensure_future(
+                asyncio.to_thread(self._make_part, ids, result.version, rows, stale, valid_until)
+            )
+            pending = self._pending = ((ids, result.version), made)
+        part = await asyncio.shield(pending[1])
+        if self._pending is pending:
+            self._pending = None
+        if self._job_part is None or part.version >= self._job_part.version:
+            self._job_part = part
         return part
+
+    def _make_part(
+        self,
+        ids: tuple[str, ...],
+        version: int,
+        rows: list[Shown],
+        stale: int,
+        valid_until: float,
+    ) -> JobPart:
+        """Render and compress, in a thread: with many jobs, this is the costliest step of all."""
+        pieces = (text.encode() for text in job_text(rows, self._view, self._help, True))
+        self.job_part_renders += 1
+        return JobPart(ids, version, valid_until, gzip_pieces(pieces), stale)
 
     async def probe(self, job_id: str, timeout_header: str | None, openmetrics: bool) -> bytes:
         """The per-job families of one job, through the same cache as `/metrics`."""
         started = self._clock()
         deadline = started + scrape_budget(timeout_header, self._default_timeout, self._offset)
         entries = (await self._cache.refresh([job_id], deadline)).entries
-        body, _, _ = self._render_jobs((job_id,), entries, aggregate=False)
-        return body + (b"# EOF\n" if openmetrics else b"")
+        rows, _, _ = self._shown((job_id,), entries, self._wall())
+        body = "".join(job_text(rows, self._view, self._help, aggregate=False))
+        return body.encode() + (b"# EOF\n" if openmetrics else b"")
 
     async def _refresh(self, ids: Sequence[str], deadline: float) -> Round:
         """Refresh what is due; with nothing to fetch, a key check keeps `cerby_up` honest."""
@@ -442,58 +563,24 @@ class Collector:
         self.ready.set()
         return result
 
-    def _render_jobs(
-        self,
-        ids: Sequence[str],
-        entries: dict[str, Entry],
-        aggregate: bool = True,
-        now: float | None = None,
-    ) -> tuple[bytes, int, float]:
-        """The job families of `ids`, the number of stale jobs, and the wall time until which
-        this rendering holds (when the first shown job's data turns too old to show)."""
-        now = self._wall() if now is None else now
-        rows: list[tuple[str, ...]] = []
-        shown: list[Job] = []
+    def _shown(
+        self, ids: Sequence[str], entries: Mapping[str, Entry], now: float
+    ) -> tuple[list[Shown], int, float]:
+        """Each job with its entry if its data is shown at `now`; how many are stale; and the
+        wall time until which this holds (when the first shown job's data turns too old)."""
+        rows: list[Shown] = []
         stale = 0
         valid_until = float("inf")
-        memo = self._rendered
         for job_id in ids:
             entry = entries.get(job_id)
-            cached = memo.get(job_id)
-            if cached is not None and cached[0] is entry:
-                until = cached[1]
-            else:
-                cached = None
-                until = (
-                    -float("inf")
-                    if entry is None
-                    else shown_until(entry, self._policy, self._view.max_staleness)
-                )
-            visible = now <= until
-            if cached is not None and cached[2] == visible:
-                lines = cached[3]
-            else:
-                lines = render_job(job_id, entry, visible, self._view)
-                memo[job_id] = (entry, until, visible, lines)
-            rows.append(lines)
             if entry is None or entry.job is None:
+                rows.append((job_id, None))
                 continue
-            if visible:
-                shown.append(entry.job)
+            until = shown_until(entry, self._policy, self._view.max_staleness)
+            if now <= until:
+                rows.append((job_id, entry))
                 valid_until = min(valid_until, until)
             else:
+                rows.append((job_id, None))
                 stale += 1
-        if len(memo) > 2 * max(len(ids), 1) + 1000:
-            self._rendered = {i: memo[i] for i in ids if i in memo}
-        # One join per family over every job's line (an empty string where a job has none).
-        columns = zip(*rows, strict=True) if rows else [()] * len(JOB_FAMILIES)
-        parts: list[str] = []
-        for name, column in zip(JOB_FAMILIES, columns, strict=True):
-            parts.append(header(name, self._help[name]))
-            parts.append("".join(column))
-        if aggregate:
-            parts.append(header("cerby_jobs", self._help["cerby_jobs"]))
-            for (workflow, provider, status), count in count_jobs(shown).items():
-                labels = [("workflow_type", workflow), ("provider", provider), ("status", status)]
-                parts.append(sample("cerby_jobs", labels, count))
-        return "".join(parts).encode(), stale, valid_until
+        return rows, stale, valid_until

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -35,9 +35,26 @@ class GzipPrefix:
 
 
 def gzip_prefix(data: bytes) -> GzipPrefix:
+    return gzip_pieces([data])
+
+
+def gzip_pieces(pieces: Iterable[bytes]) -> GzipPrefix:
+    """The prefix of the pieces' concatenation, deflated as they come: the whole text is never
+    held at once, only its compressed form."""
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-    deflated = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    return GzipPrefix(_GZIP_HEADER + deflated, zlib.crc32(data), len(data))
+    deflated = [_GZIP_HEADER]
+    crc = size = 0
+    for piece in pieces:
+        deflated.append(compressor.compress(piece))
+        crc = zlib.crc32(piece, crc)
+        size += len(piece)
+    deflated.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+    return GzipPrefix(b"".join(deflated), crc, size)
+
+
+def inflate(prefix: GzipPrefix) -> bytes:
+    """The data a prefix holds, uncompressed again."""
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(prefix.deflated[len(_GZIP_HEADER) :])
 
 
 EMPTY_PREFIX: Final = GzipPrefix(_GZIP_HEADER, 0, 0)

@@ -8,6 +8,7 @@ Everything here is pure: no I/O, no clock.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -142,7 +143,9 @@ def _dict(value: object) -> dict[str, Any]:
 
 
 def _str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """Interned: the same statuses, workflow types, providers and accounts recur across
+    thousands of jobs, and each job keeps its own only as long as the job is kept."""
+    return sys.intern(value) if isinstance(value, str) and value else None
 
 
 def _bool(value: object) -> bool | None:

@@ -38,12 +38,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
-import yaml
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from cerby_exporter.watched import Stamp, stamp_of
+from cerby_exporter.yamltext import InvalidYaml, yaml_document
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,9 @@ def parse_keys(text: str, directory: Path, *, read: Reader = Path.read_bytes) ->
     Reads the secret files, so it blocks. `read` lets `KeysSource` note which files it read.
     """
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        # PyYAML's message quotes the offending text, which may be a secret: only the line.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise KeysFileError(f"not valid YAML{where}") from None
+        document = yaml_document(text)
+    except InvalidYaml as exc:
+        raise KeysFileError(str(exc)) from None
     if not isinstance(document, dict):
         raise KeysFileError("the file must be a mapping with a `keys` list")
     unknown = sorted(str(name) for name in document if name != "keys")

@@ -1,4 +1,5 @@
-"""A file the exporter re-reads when it changes: the API key, the job-ID list, the web config.
+"""A file the exporter re-reads when it changes: the API key, the job-ID list, the web config,
+the webhook keys.
 
 Operators edit these in place, or Kubernetes swaps a Secret's `..data` symlink under them; the
 change is noticed by comparing (mtime, size, inode) and takes effect without a restart. The

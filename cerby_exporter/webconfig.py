@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import bcrypt
-import yaml
 
 from cerby_exporter.watched import Stamp, stamp_of
+from cerby_exporter.yamltext import InvalidYaml, yaml_document
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,9 @@ def _string(section: Mapping[str, Any], key: str, where: str) -> str:
 def parse(text: str, directory: Path) -> WebConfig:
     """Parse and check the file's content; paths in it are relative to `directory`."""
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise WebConfigError(f"not valid YAML{where}") from None
+        document = yaml_document(text)
+    except InvalidYaml as exc:
+        raise WebConfigError(str(exc)) from None
     top = _mapping(document, "the file")
     unknown = set(top) - {"tls_server_config", "basic_auth_users", "http_server_config"}
     if unknown:

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import hdrs, web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -40,8 +40,10 @@ from cerby_exporter.jobids import (
     retention_expired,
 )
 from cerby_exporter.model import job_document
-from cerby_exporter.signatures import KeysSource, verify
 from cerby_exporter.state import AsyncState, StateUnavailable
+
+if TYPE_CHECKING:
+    from cerby_exporter.signatures import KeysSource
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +324,11 @@ class Receiver:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        # Imported here, not with the module: signatures loads cryptography, which only a
+        # receiver needs; an exporter learning no jobs from webhooks does not carry it.
+        from cerby_exporter.signatures import verify
+
+        self._verify = verify
         self._keys = keys
         self._state = state
         self._discovery = discovery
@@ -346,7 +353,7 @@ class Receiver:
             return "too_large", _answer(413, "too_large")
         now = self._clock()
         headers = {name: request.headers.getall(name, []) for name in SIGNATURE_HEADERS}
-        verdict = verify(body, headers, self._keys.keys, now)
+        verdict = self._verify(body, headers, self._keys.keys, now)
         if verdict.result == "unknown_key":
             return "unknown_key", _answer(503, "unknown_key", RETRY_AFTER_UNKNOWN_KEY)
         if verdict.result != "verified":

@@ -207,3 +207,20 @@ def test_a_minute_of_demo_scrapes_every_2_s_repeats_no_warning_more_than_three_t
     assert warnings  # the demo has a 404 job and an undocumented status: each said once
     repeated = {line: warnings.count(line) for line in warnings if warnings.count(line) > 3}
     assert repeated == {}
+
+
+def loads_cryptography(pid: int) -> bool:
+    return "/cryptography/" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_cryptography_is_loaded_only_by_an_exporter_that_receives_webhooks(
+    tmp_path: Path,
+) -> None:
+    """Its library is about a tenth of the exporter's memory (docs/performance.md)."""
+    plain = ["--api-url", "http://127.0.0.1:9/api/v1", "--state.path", str(tmp_path / "s.db")]
+    with ExporterProcess(plain, tmp_path, {"CERBY_API_KEY": "k" * 16}) as exporter:
+        exporter.wait_ready()
+        assert not loads_cryptography(exporter.proc.pid)
+    with ExporterProcess(["--demo"], tmp_path) as demo:  # the demo receives signed webhooks
+        demo.wait_ready()
+        assert loads_cryptography(demo.proc.pid)

@@ -16,21 +16,38 @@ from cerby_exporter.cache import Entry, TTLPolicy
 from cerby_exporter.client import NIL_JOB_ID
 from cerby_exporter.collector import (
     JOB_FAMILIES,
+    RENDER_CHUNK,
     Collector,
     JobPart,
     View,
     count_jobs,
+    job_text,
     render_job,
     scrape_budget,
     shown_until,
 )
-from cerby_exporter.exposition import escape_label_value, format_value, sample
+from cerby_exporter.exposition import (
+    EMPTY_PREFIX,
+    escape_label_value,
+    format_value,
+    gzip_pieces,
+    inflate,
+    sample,
+)
 from cerby_exporter.logs import Redactor
 from cerby_exporter.model import ErrorDetails, Job
 from cerby_exporter.settings import Settings
 from cerby_exporter.simulator import Simulator
-from tests.e2e import job_ids_with, parse_samples, value
-from tests.support import FAILED, FINISHED, MISSING, RUNNING, settings_for
+from tests.support import (
+    FAILED,
+    FINISHED,
+    MISSING,
+    RUNNING,
+    job_ids_with,
+    parse_samples,
+    settings_for,
+    value,
+)
 
 ID = "aaaaaaaa-0000-0000-0000-000000000001"
 VIEW = View(60, 3600, 900, sparse_status=False, creator_labels=False)
@@ -210,7 +227,7 @@ def test_sample_without_labels() -> None:
 
 def test_a_job_part_serves_only_its_ids_and_version_until_it_turns_stale() -> None:
     ids = (ID,)
-    part = JobPart(ids, version=3, valid_until=100.0, body=b"", stale=0)
+    part = JobPart(ids, version=3, valid_until=100.0, gzip=EMPTY_PREFIX, stale=0)
     assert part.serves(ids, 3, now=100.0)
     assert part.serves((ID,), 2, now=50.0)  # an older round's entries render the same
     assert not part.serves(ids, 4, now=50.0)  # new data stored since
@@ -243,7 +260,7 @@ def test_ready_once_the_first_collection_was_attempted_whatever_its_outcome(
         await collector.warm_up()
         assert collector.ready.is_set()
         jobs, rest = await collector.scrape_parts(None, openmetrics=False)
-        samples = parse_samples((jobs.body + rest).decode())
+        samples = parse_samples((await jobs.plain() + rest).decode())
         assert value(samples, "cerby_up") == 0
         assert value(samples, "cerby_job_fetch_success", job_id=FINISHED) == 0
         assert job_ids_with(samples, "cerby_job_info") == set()
@@ -256,7 +273,7 @@ def test_a_scrape_is_the_job_part_then_health_and_self_metrics(
 ) -> None:
     async def scenario(collector: Collector) -> None:
         jobs, rest = await collector.scrape_parts("5", openmetrics=False)
-        body = jobs.body.decode()
+        body = (await jobs.plain()).decode()
         assert job_ids_with(parse_samples(body), "cerby_job_info") == {FINISHED, RUNNING, FAILED}
         assert "cerby_up" not in body
         assert jobs.stale == 0
@@ -322,3 +339,31 @@ def test_with_no_jobs_a_key_check_keeps_cerby_up_honest(
 
     collect(values, scenario)
     assert simulator.workspace.stats()["by_job"] == {NIL_JOB_ID: 1}  # once, not per scrape
+
+
+@pytest.mark.parametrize("jobs", [0, 1, RENDER_CHUNK, RENDER_CHUNK + 1, 3 * RENDER_CHUNK + 7])
+def test_the_job_text_in_pieces_is_every_family_once_with_every_job(jobs: int) -> None:
+    view = View(60, 3600, 300, sparse_status=True, creator_labels=False)
+    running = job(raw_status="running", workflow_type="password_rotation", provider="x")
+    rows = [
+        (f"{n:08d}-0000-0000-0000-000000000000", Entry(running, 1.7e9, None)) for n in range(jobs)
+    ]
+    pieces = list(job_text(rows, view, view.help_texts(), aggregate=True))
+    text = "".join(pieces)
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert families == [*JOB_FAMILIES, "cerby_jobs"]
+    samples = parse_samples(text)
+    assert len(job_ids_with(samples, "cerby_job_info")) == jobs
+    assert sum(1 for name, _ in samples if name == "cerby_job_status") == jobs
+    if jobs:
+        assert (
+            value(
+                samples,
+                "cerby_jobs",
+                workflow_type="password_rotation",
+                provider="x",
+                status="running",
+            )
+            == jobs
+        )
+    assert inflate(gzip_pieces(piece.encode() for piece in pieces)) == text.encode()

@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
-from prometheus_client.openmetrics import parser as openmetrics_parser
 
 from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.cache import JobCache, TTLPolicy
@@ -36,12 +34,15 @@ from cerby_exporter.exposition import (
 from cerby_exporter.jobids import JobIdSource
 from cerby_exporter.metrics import ExporterMetrics
 from cerby_exporter.simulator import Simulator, job_document
-from tests.e2e import job_ids_with, parse_samples, value
 from tests.support import FINISHED as SIM_FINISHED
-from tests.support import Running, settings_for
-
-parse_openmetrics = cast(
-    Callable[[str], Iterable[Metric]], openmetrics_parser.text_string_to_metric_families
+from tests.support import (
+    Clock,
+    Running,
+    job_ids_with,
+    openmetrics_families,
+    parse_samples,
+    settings_for,
+    value,
 )
 
 RUNNING = "aaaaaaaa-0000-0000-0000-000000000001"
@@ -50,14 +51,6 @@ LATER = "aaaaaaaa-0000-0000-0000-000000000003"
 TTL, TERMINAL_TTL, MAX_STALENESS = 60.0, 3600.0, 900.0
 TEXT = "text/plain;version=0.0.4"
 OPENMETRICS = "application/openmetrics-text;version=1.0.0"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeCerby:
@@ -97,7 +90,7 @@ def attributes(status: str) -> dict[str, Any]:
 
 class Rig:
     def __init__(self, ids: JobIdSource, sparse: bool = False) -> None:
-        self.clock = Clock()
+        self.clock = Clock(1_700_000_000.0)
         self.cerby = FakeCerby()
         metrics = ExporterMetrics()
         self.gate = RateLimitGate(self.clock)
@@ -155,7 +148,7 @@ class Rig:
 
     async def text(self, openmetrics: bool = False) -> str:
         jobs, rest = await self.scrape(openmetrics)
-        return (jobs.body + rest).decode()
+        return (await jobs.plain() + rest).decode()
 
 
 def run(
@@ -188,7 +181,7 @@ def test_warm_scrapes_send_the_same_job_part_rendered_once() -> None:
             assert jobs is first_jobs
         assert rig.collector.job_part_renders == renders == 1
         assert rig.cerby.requests == requests == {RUNNING: 1, FINISHED: 1}
-        samples = parse_samples((jobs.body + rest).decode())
+        samples = parse_samples((await jobs.plain() + rest).decode())
         assert value(samples, "cerby_cache_requests_total", result="hit") == 10
         assert value(samples, "cerby_up") == 1
         assert job_ids_with(samples, "cerby_job_info") == {RUNNING, FINISHED}
@@ -196,16 +189,29 @@ def test_warm_scrapes_send_the_same_job_part_rendered_once() -> None:
     run(scenario)
 
 
-def test_the_compressed_job_part_is_made_once() -> None:
+def test_the_job_part_is_compressed_once_and_inflated_once() -> None:
     async def scenario(rig: Rig) -> None:
         jobs, _ = await rig.scrape()
-        together = await asyncio.gather(jobs.gzip_prefix(), jobs.gzip_prefix())
-        assert together[0] is together[1]  # concurrent scrapes wait for the same compression
+        together = await asyncio.gather(jobs.plain(), jobs.plain())
+        assert together[0] is together[1]  # concurrent plain scrapes wait for the same bytes
         for _ in range(3):
             again, _ = await rig.scrape()
-            assert await again.gzip_prefix() is together[0]
-        assert together[0] == gzip_prefix(jobs.body)
+            assert again.gzip is jobs.gzip
+            assert await again.plain() is together[0]
+        assert jobs.gzip == gzip_prefix(together[0])
         assert rig.collector.job_part_renders == 1
+
+    run(scenario)
+
+
+def test_scrapes_arriving_while_the_job_part_is_made_share_it() -> None:
+    async def scenario(rig: Rig) -> None:
+        (first, _), (second, _), (third, _) = await asyncio.gather(
+            rig.scrape(), rig.scrape(), rig.scrape(openmetrics=True)
+        )
+        assert first is second is third
+        assert rig.collector.job_part_renders == 1
+        assert job_ids_in((await first.plain()).decode(), "cerby_job_info") == {RUNNING, FINISHED}
 
     run(scenario)
 
@@ -214,7 +220,7 @@ def test_new_data_renders_the_job_part_again() -> None:
     async def scenario(rig: Rig) -> None:
         before = await rig.text()
         first, _ = await rig.scrape()
-        first_prefix = await first.gzip_prefix()
+        first_prefix = first.gzip
         rig.cerby.jobs[RUNNING] = attributes("error")
         rig.clock.now += TTL + 1  # the running job is due, the finished one is not
         after = await rig.text()
@@ -226,9 +232,10 @@ def test_new_data_renders_the_job_part_again() -> None:
         assert value(samples, "cerby_job_status", **status, status="running") == 0
         assert before != after
         jobs, _ = await rig.scrape()
-        prefix = await jobs.gzip_prefix()
-        assert prefix is not first_prefix  # compressed anew, from the new body
-        assert one_member(gzip_finish(prefix, b"")) == jobs.body
+        prefix = jobs.gzip
+        assert prefix is not first_prefix  # compressed anew, from the new data
+        assert one_member(gzip_finish(prefix, b"")) == await jobs.plain()
+        assert (await jobs.plain()).decode() in after
 
     run(scenario)
 
@@ -278,14 +285,15 @@ def test_a_gzip_answer_is_one_member_holding_exactly_the_plain_body(accept: str)
     async def scenario(rig: Rig) -> None:
         await rig.scrape()  # warm
         jobs, rest = await rig.scrape(openmetrics=accept == OPENMETRICS)
-        prefix = await jobs.gzip_prefix()
+        prefix = jobs.gzip
+        plain = await jobs.plain()
         member = prefix.deflated + gzip_tail(prefix, rest)  # as the answer is written
         # One member, as a streaming reader that stops at the first member end (httpx) sees it.
         reader = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        assert reader.decompress(member) == jobs.body + rest
+        assert reader.decompress(member) == plain + rest
         assert reader.eof
         assert reader.unused_data == b""
-        assert gzip.decompress(member) == jobs.body + rest
+        assert gzip.decompress(member) == plain + rest
         assert member == gzip_finish(prefix, rest)
         assert rest.endswith(b"# EOF\n") == (accept == OPENMETRICS)
 
@@ -298,12 +306,12 @@ def test_text_and_openmetrics_answers_parse_and_share_the_job_part() -> None:
         om_jobs, om_rest = await rig.scrape(openmetrics=True)
         assert om_jobs is text_jobs  # one job part serves both formats
         assert rig.collector.job_part_renders == 1
-        text = (text_jobs.body + text_rest).decode()
-        openmetrics = (om_jobs.body + om_rest).decode()
+        text = (await text_jobs.plain() + text_rest).decode()
+        openmetrics = (await om_jobs.plain() + om_rest).decode()
         assert openmetrics.endswith("# EOF\n")
         assert not text.endswith("# EOF\n")
 
-        families = {family.name: family for family in parse_openmetrics(openmetrics)}
+        families = {family.name: family for family in openmetrics_families(openmetrics)}
         info = [s for s in families["cerby_job_info"].samples if s.labels["job_id"] == RUNNING]
         assert info[0].labels["account_name"] == 'Brand "X"'
         assert families["cerby_api_requests"].type == "counter"
@@ -396,15 +404,16 @@ def test_over_the_wire_gzip_and_plain_answers_carry_the_same_job_part(
     assert int(gzip_headers["content-length"]) == len(raw)
     assert int(plain_headers["content-length"]) == len(plain)
     unpacked = one_member(raw)
-    assert plain.startswith(jobs.body)
-    assert unpacked.startswith(jobs.body)
+    job_part = running.call(jobs.plain())
+    assert plain.startswith(job_part)
+    assert unpacked.startswith(job_part)
     # The rest is rendered for each scrape (durations, counters): the same series, new values.
     assert parse_samples(plain.decode()).keys() == parse_samples(unpacked.decode()).keys()
     for body, headers in ((plain, plain_headers), (unpacked, gzip_headers)):
         if accept == OPENMETRICS:
             assert headers["content-type"].startswith("application/openmetrics-text")
             assert body.endswith(b"# EOF\n")
-            names = {family.name for family in parse_openmetrics(body.decode())}
+            names = {family.name for family in openmetrics_families(body.decode())}
             assert {"cerby_job_info", "cerby_up", "cerby_api_requests"} <= names
         else:
             assert headers["content-type"].startswith("text/plain; version=0.0.4")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -96,6 +96,20 @@ class Round:
     """`JobCache.version` when `entries` were read: what a rendering of them is keyed on."""
 
 
+Outcome = tuple[Entry, Attempt | None]
+"""What a fetch left in the cache, and what it learned of Cerby (None: no request was sent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A fetch waiting for a worker; `pending` is what the refreshes that want it wait for."""
+
+    job_id: str
+    deadline: float
+    round_id: int
+    pending: asyncio.Future[Outcome]
+
+
 @dataclass(frozen=True, slots=True)
 class _AllFresh:
     """Every job of `ids` stays fresh until the clock reaches `until`, unless data is stored."""
@@ -132,9 +146,12 @@ class JobCache:
             maxsize=2 * max_jobs, ttu=self._expires_at, timer=clock
         )
         self._known: LRUCache[str, Entry] = LRUCache(maxsize=2 * max_jobs)
-        self._inflight: dict[str, asyncio.Task[tuple[Entry, Attempt | None]]] = {}
+        self._inflight: dict[str, asyncio.Future[Outcome]] = {}
+        """Single-flight: the one pending fetch of each job, which every refresh waits for."""
+        self._queue: deque[Queued] = deque()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._max_workers = max_concurrency
         self._checks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(max_concurrency)
         self._stopping = asyncio.Event()
         self._unknown_statuses: set[str] = set()
         self._round = 0
@@ -161,10 +178,14 @@ class JobCache:
 
     async def close(self) -> None:
         self.stop_waiting()
-        tasks = [*self._inflight.values(), *self._checks]
+        tasks = [*self._workers, *self._checks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for pending in self._inflight.values():
+            pending.cancel()
+        self._inflight.clear()
+        self._queue.clear()
 
     def restore(self, job_id: str, job: Job, fetched_at: float) -> None:
         """Data from the state file, fetched before a restart: fresh for what is left of its
@@ -208,7 +229,7 @@ class JobCache:
             self._metrics.count_cache(len(ids), 0, 0)
             return Round(fresh.entries, self.key_verdict(), fresh.version)
         counts: Counter[str] = Counter()
-        waiting: list[asyncio.Task[tuple[Entry, Attempt | None]]] = []
+        waiting: list[asyncio.Future[Outcome]] = []
         backed_off = self._gate.closed()
         until = float("inf")
         round_id = self._round + 1
@@ -219,13 +240,13 @@ class JobCache:
                 continue
             known = self._known.get(job_id)
             counts["stale" if known is not None and known.job is not None else "miss"] += 1
-            task = self._inflight.get(job_id)
-            if task is None:
+            pending = self._inflight.get(job_id)
+            if pending is None:
                 if backed_off or self._closed:
                     continue
-                task = self._start_fetch(job_id, deadline, round_id)
+                pending = self._start_fetch(job_id, deadline, round_id)
                 self._round = round_id
-            waiting.append(task)
+            waiting.append(pending)
         self._metrics.count_cache(counts["hit"], counts["miss"], counts["stale"])
         if counts["hit"] == len(ids):
             fresh = _AllFresh(ids, self.version, until, self._snapshot(ids))
@@ -245,12 +266,25 @@ class JobCache:
         self._round += 1
         self._start_fetch(job_id, self._clock() + self._policy.in_flight, self._round)
 
-    def _start_fetch(
-        self, job_id: str, deadline: float, round_id: int
-    ) -> asyncio.Task[tuple[Entry, Attempt | None]]:
-        task = asyncio.create_task(self._fetch(job_id, deadline, round_id))
-        self._inflight[job_id] = task
-        return task
+    def _start_fetch(self, job_id: str, deadline: float, round_id: int) -> asyncio.Future[Outcome]:
+        """Queue a fetch, for at most `max_concurrency` workers: a round of 10 000 due jobs is
+        10 000 small futures in a queue, not 10 000 suspended tasks and their frames."""
+        pending: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._inflight[job_id] = pending
+        self._queue.append(Queued(job_id, deadline, round_id, pending))
+        if len(self._workers) < self._max_workers:
+            worker = asyncio.create_task(self._work())
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+        return pending
+
+    async def _work(self) -> None:
+        """Fetch queued jobs, oldest first, until none is left."""
+        while self._queue:
+            queued = self._queue.popleft()
+            outcome = await self._fetch(queued.job_id, queued.deadline, queued.round_id)
+            if not queued.pending.done():
+                queued.pending.set_result(outcome)
 
     async def _wait(self, tasks: Iterable[Awaitable[object]], deadline: float) -> None:
         """Until every task is done, the deadline passes or the exporter stops. The tasks
@@ -305,19 +339,18 @@ class JobCache:
         for old in [r for r in self._verdicts if r < round_id - 8]:
             del self._verdicts[old]
 
-    async def _fetch(
-        self, job_id: str, deadline: float, round_id: int
-    ) -> tuple[Entry, Attempt | None]:
+    async def _fetch(self, job_id: str, deadline: float, round_id: int) -> Outcome:
         """Fetch, store, and release the single-flight slot, all or nothing."""
         attempt: Attempt | None = None
         result: Job | FetchError | None
         try:
-            async with self._slots:
-                result, attempt = await self._fetcher.fetch_job(job_id, deadline)
+            result, attempt = await self._fetcher.fetch_job(job_id, deadline)
         except BackedOff:
             result = None
         except asyncio.CancelledError:
-            self._inflight.pop(job_id, None)
+            pending = self._inflight.pop(job_id, None)
+            if pending is not None:
+                pending.cancel()
             raise
         except Exception as exc:  # a bug must not wedge the job's single-flight slot
             log.error("unexpected error fetching job %s: %s", job_id, type(exc).__name__)

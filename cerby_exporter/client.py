@@ -6,7 +6,7 @@ host; redirects are never followed, so it cannot be carried anywhere else.
 
 httpx's requests go out through aiohttp's client (the `httpx-aiohttp` transport): the server
 already runs on aiohttp, and its connection pool spends a fraction of the CPU per request that
-httpcore's asyncio pool does (docs/performance.md, "Cold scrape against a threaded client").
+httpcore's asyncio pool does (docs/performance.md, "Summary").
 """
 
 from __future__ import annotations

@@ -53,11 +53,11 @@ from cerby_exporter.cache import Entry, JobCache, Round, TTLPolicy
 from cerby_exporter.client import CerbyClient
 from cerby_exporter.exposition import (
     GzipPrefix,
-    Labels,
     escape_label_value,
     gzip_pieces,
     header,
     inflate,
+    label_text,
     sample,
 )
 from cerby_exporter.jobids import JobIdSource
@@ -75,7 +75,6 @@ JOB_FAMILIES: Final = (
     "cerby_job_fetch_success",
     "cerby_job_last_fetch_timestamp_seconds",
 )
-_FETCH_SUCCESS: Final = JOB_FAMILIES.index("cerby_job_fetch_success")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +112,8 @@ Shown = tuple[str, Entry | None]
 """A tracked job as one rendering sees it: its ID, and its entry if its data is shown."""
 
 
-def _labels(labels: Labels) -> str:
-    return ",".join(f'{key}="{escape_label_value(text)}"' for key, text in labels)
-
-
 def _kind(job_id: str, job: Job) -> str:
-    return _labels(
+    return label_text(
         [
             ("job_id", job_id),
             ("workflow_type", job.workflow_type or ""),
@@ -155,24 +150,24 @@ def _info(job_id: str, entry: Entry | None, view: View) -> str:
     ]
     if view.creator_labels:
         more += [("creator_id", job.creator_id or ""), ("creator_name", job.creator_name or "")]
-    return f"cerby_job_info{{{_kind(job_id, job)},{_labels(more)}}} 1\n"
+    return f"cerby_job_info{{{_kind(job_id, job)},{label_text(more)}}} 1\n"
+
+
+def _timestamp(name: str, job_id: str, at: float | None) -> str:
+    return "" if at is None else sample(name, [("job_id", job_id)], at)
 
 
 def _created(job_id: str, entry: Entry | None, _view: View) -> str:
-    at = None if entry is None or entry.job is None else entry.job.created_at
-    return (
-        ""
-        if at is None
-        else sample("cerby_job_created_timestamp_seconds", [("job_id", job_id)], at)
+    job = None if entry is None else entry.job
+    return _timestamp(
+        "cerby_job_created_timestamp_seconds", job_id, None if job is None else job.created_at
     )
 
 
 def _updated(job_id: str, entry: Entry | None, _view: View) -> str:
-    at = None if entry is None or entry.job is None else entry.job.updated_at
-    return (
-        ""
-        if at is None
-        else sample("cerby_job_updated_timestamp_seconds", [("job_id", job_id)], at)
+    job = None if entry is None else entry.job
+    return _timestamp(
+        "cerby_job_updated_timestamp_seconds", job_id, None if job is None else job.updated_at
     )
 
 
@@ -199,11 +194,7 @@ def _fetch_success(job_id: str, entry: Entry | None, _view: View) -> str:
 
 def _last_fetch(job_id: str, entry: Entry | None, _view: View) -> str:
     at = None if entry is None or entry.job is None else entry.fetched_at
-    return (
-        ""
-        if at is None
-        else sample("cerby_job_last_fetch_timestamp_seconds", [("job_id", job_id)], at)
-    )
+    return _timestamp("cerby_job_last_fetch_timestamp_seconds", job_id, at)
 
 
 FAMILY_LINES: Final[tuple[Callable[[str, Entry | None, View], str], ...]] = (
@@ -216,13 +207,8 @@ FAMILY_LINES: Final[tuple[Callable[[str, Entry | None, View], str], ...]] = (
     _fetch_success,
     _last_fetch,
 )
-"""One job's lines in each of `JOB_FAMILIES`, in that order ('' where it has none)."""
-
-
-def render_job(job_id: str, entry: Entry | None, visible: bool, view: View) -> tuple[str, ...]:
-    """The lines of one job in each of `JOB_FAMILIES`, in that order ('' where it has none)."""
-    shown = entry if visible and entry is not None and entry.fetched_at is not None else None
-    return tuple(lines(job_id, shown, view) for lines in FAMILY_LINES)
+"""One job's lines in each of `JOB_FAMILIES`, in that order ('' where it has none); the
+entry is None when the job's data is not shown."""
 
 
 RENDER_CHUNK: Final = 512

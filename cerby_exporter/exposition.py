@@ -121,11 +121,15 @@ def format_value(value: float) -> str:
     return repr(float(value))
 
 
+def label_text(labels: Labels) -> str:
+    """`key="value",...`, values escaped: what goes between a sample's braces."""
+    return ",".join(f'{key}="{escape_label_value(text)}"' for key, text in labels)
+
+
 def sample(name: str, labels: Labels, value: float) -> str:
     if not labels:
         return f"{name} {format_value(value)}\n"
-    rendered = ",".join(f'{key}="{escape_label_value(text)}"' for key, text in labels)
-    return f"{name}{{{rendered}}} {format_value(value)}\n"
+    return f"{name}{{{label_text(labels)}}} {format_value(value)}\n"
 
 
 def header(name: str, help_text: str, kind: str = "gauge") -> str:

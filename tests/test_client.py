@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import httpx
 import pytest
 from aiohttp import web
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from cerby_exporter.app import start_server
 from cerby_exporter.backoff import RateLimitGate
@@ -22,11 +26,13 @@ from cerby_exporter.client import (
     FetchError,
     classify_status,
     key_accepted,
+    timed_out,
+    transport_failure,
 )
 from cerby_exporter.metrics import ExporterMetrics
 from cerby_exporter.model import Job
 from cerby_exporter.simulator import Faults, Simulator
-from tests.support import API_KEY, FAILED, FINISHED, MISSING
+from tests.support import API_KEY, FAILED, FINISHED, MISSING, issue
 
 
 @pytest.mark.parametrize(
@@ -386,3 +392,57 @@ def test_concurrent_first_reads_of_the_key_file_all_get_the_key(tmp_path: Path) 
 
     assert asyncio.run(scenario()) == [API_KEY] * 8
     assert seen == [API_KEY]
+
+
+@pytest.mark.parametrize(
+    ("first", "timeout"),
+    [
+        (None, True),  # our own deadline on a trickling body
+        (aiohttp.ServerTimeoutError(), True),
+        (TimeoutError(), True),
+        (aiohttp.ServerDisconnectedError(), False),  # reported as ConnectTimeout by the transport
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), False),
+    ],
+)
+def test_a_timeout_is_told_from_a_broken_connection(first: Exception | None, timeout: bool) -> None:
+    error = httpx.ConnectTimeout("wrapped")
+    error.__cause__ = first
+    assert timed_out(error) is timeout
+    assert transport_failure(error) == type(first if first is not None else error).__name__
+    assert not timed_out(httpx.ConnectError("refused"))
+
+
+def test_cerby_over_tls_is_trusted_only_through_the_ca_bundle(tmp_path: Path) -> None:
+    ca = issue(tmp_path, "ca", None)
+    issue(tmp_path, "server", ca, ExtendedKeyUsageOID.SERVER_AUTH)
+    issue(tmp_path, "other-ca", None)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    keys_seen: list[str] = []
+
+    async def job(request: web.Request) -> web.Response:
+        keys_seen.append(request.headers.get("X-API-Key", ""))
+        attributes = {"status": "finished", "workflowType": "password_rotation"}
+        document = {"data": {"id": FINISHED, "type": "job", "attributes": attributes}}
+        return web.json_response(document)
+
+    async def scenario() -> tuple[Job | FetchError, Job | FetchError]:
+        app = web.Application()
+        app.router.add_get("/api/v1/jobs/{job_id}", job)
+        runner, port = await start_server(app, "127.0.0.1", 0, served)
+        base = f"https://127.0.0.1:{port}/api/v1"
+        try:
+            async with client_for(base, ca_bundle=tmp_path / "ca.crt") as (client, _, _):
+                trusted = await fetch(client)
+            async with client_for(base, ca_bundle=tmp_path / "other-ca.crt") as (client, _, _):
+                refused = await fetch(client)
+        finally:
+            await runner.cleanup()
+        return trusted, refused
+
+    trusted, refused = asyncio.run(scenario())
+    assert isinstance(trusted, Job)
+    assert (trusted.status, trusted.workflow_type) == ("finished", "password_rotation")
+    assert isinstance(refused, FetchError)
+    assert refused.reason == "transport"
+    assert keys_seen == [API_KEY]  # the key never went to the server that could not be trusted

@@ -15,6 +15,7 @@ from cerby_exporter.app import EXPORTER, create_app
 from cerby_exporter.cache import Entry, TTLPolicy
 from cerby_exporter.client import NIL_JOB_ID
 from cerby_exporter.collector import (
+    FAMILY_LINES,
     JOB_FAMILIES,
     RENDER_CHUNK,
     Collector,
@@ -22,7 +23,6 @@ from cerby_exporter.collector import (
     View,
     count_jobs,
     job_text,
-    render_job,
     scrape_budget,
     shown_until,
 )
@@ -75,7 +75,12 @@ def job(**changes: object) -> Job:
 
 
 def lines(entry: Entry | None, view: View = VIEW, visible: bool = True) -> dict[str, str]:
-    return dict(zip(JOB_FAMILIES, render_job(ID, entry, visible, view), strict=True))
+    """One job's line in each family; data not shown is rendered as no entry, as a scrape does."""
+    shown = entry if visible else None
+    return {
+        name: family(ID, shown, view)
+        for name, family in zip(JOB_FAMILIES, FAMILY_LINES, strict=True)
+    }
 
 
 def test_a_failed_job_renders_every_family() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import logging
 import socket
 import ssl
@@ -13,16 +12,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import bcrypt
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from cerby_exporter import cli, webconfig
 from cerby_exporter.settings import Settings
@@ -33,6 +28,7 @@ from tests.support import (
     FINISHED,
     ExporterProcess,
     Running,
+    issue,
     parse_samples,
     settings_for,
     start_exporter,
@@ -47,77 +43,6 @@ RELOAD_WAIT = 10.0
 
 
 # --- certificates -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Issuer:
-    name: x509.Name
-    key: ec.EllipticCurvePrivateKey
-
-
-def issue(
-    directory: Path,
-    name: str,
-    issuer: Issuer | None,
-    usage: x509.ObjectIdentifier | None = None,
-    passphrase: bytes | None = None,
-) -> Issuer:
-    """Write `name.crt` and `name.key`: a CA when `issuer` is None, else a leaf it signs for
-    `usage` (server certificates name 127.0.0.1 and localhost)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    signer = issuer or Issuer(subject, key)
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(signer.name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.key.public_key()),
-            critical=False,
-        )
-    )
-    if issuer is None:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if usage == ExtendedKeyUsageOID.SERVER_AUTH:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-    certificate = builder.sign(signer.key, hashes.SHA256())
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase is not None
-        else serialization.NoEncryption()
-    )
-    (directory / f"{name}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{name}.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    )
-    return Issuer(subject, key)
 
 
 @dataclass(frozen=True)

@@ -372,7 +372,10 @@ class JobCache:
         else:
             self._failing.pop(job_id, None)
             self._note_status(result)
-            entry = Entry(result, self._wall(), None)
+            # The same answer again keeps the job already held: the long-lived objects stay
+            # where they are, and the new ones go at once, where a refresh round's others went.
+            job = previous.job if previous.job == result else result
+            entry = Entry(job, self._wall(), None)
             if self.on_stored is not None:
                 self.on_stored(job_id, entry)
         self._known[job_id] = entry

@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
 
-from cerby_exporter.model import InvalidJob, Job, parse_job_body
+from cerby_exporter.model import InvalidJob, Job, job_document, parse_job_body
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,19 @@ class _SaveJob:
 
 
 @dataclass(frozen=True, slots=True)
+class _KeepJob:
+    """A job as fetched, written as an API answer again: encoded in the worker thread, so a
+    round of thousands of fetches holds one small object each until the commit, not the bytes."""
+
+    job_id: str
+    job: Job
+    fetched_at: float
+
+    def run(self, db: sqlite3.Connection) -> int:
+        return _SaveJob(self.job_id, job_document(self.job), self.fetched_at).run(db)
+
+
+@dataclass(frozen=True, slots=True)
 class _ForgetJobs:
     job_ids: tuple[str, ...]
 
@@ -178,7 +191,7 @@ class _PurgeEvents:
         return db.execute("DELETE FROM events WHERE received_at < ?", (self.older_than,)).rowcount
 
 
-_Write = _RecordEvent | _SaveJob | _ForgetJobs | _PurgeEvents
+_Write = _RecordEvent | _SaveJob | _KeepJob | _ForgetJobs | _PurgeEvents
 
 
 class StateStore:
@@ -379,13 +392,14 @@ class AsyncState:
     Writes queue up in the order they are called. While the worker commits one batch, the
     next one gathers; it is committed as soon as the worker is free, so a lone write waits for
     nothing but its own commit, and a burst pays one fsync per batch instead of one per write.
-    Each caller's await returns only once the transaction holding its write has committed.
+    Each caller's await returns only once the transaction holding its write has committed;
+    `keep_job` is the one write nobody awaits (see there).
     """
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
-        self._queue: list[tuple[_Write, asyncio.Future[int]]] = []
+        self._queue: list[tuple[_Write, asyncio.Future[int] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -405,6 +419,18 @@ class AsyncState:
 
     async def save_job(self, job_id: str, body: bytes, fetched_at: float) -> None:
         await self._write(_SaveJob(job_id, body, fetched_at))
+
+    def keep_job(self, job_id: str, job: Job, fetched_at: float) -> None:
+        """Queue a fetched job for the next commit, without waiting: the cache stores thousands
+        of jobs in a round, and a task or future for each would be held until its commit. The
+        state file is what a restart starts from, not a promise to anyone, so a failed commit
+        is logged and the next fetch of the job writes it again."""
+        self._enqueue(_KeepJob(job_id, job, fetched_at), None)
+
+    async def drain(self) -> None:
+        """Until every write queued so far has been committed, or has failed."""
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])
 
     async def forget_jobs(self, job_ids: Iterable[str]) -> None:
         await self._write(_ForgetJobs(tuple(job_ids)))
@@ -433,14 +459,18 @@ class AsyncState:
         return await asyncio.get_running_loop().run_in_executor(self._worker, call)
 
     def _write(self, write: _Write) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._enqueue(write, future)
+        return future
+
+    def _enqueue(self, write: _Write, future: asyncio.Future[int] | None) -> None:
         if self._closed:
             raise StateUnavailable(f"state file {self.path}: closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
         self._queue.append((write, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush(), name="state-commit")
-        return future
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name="state-commit"
+            )
 
     async def _flush(self) -> None:
         """Commit batches until the queue is empty: each one is all that queued meanwhile."""
@@ -451,14 +481,18 @@ class AsyncState:
                 results = await self._run(partial(self._store._commit, writes))
             except asyncio.CancelledError:
                 for _, future in [*batch, *self._queue]:
-                    future.cancel()
+                    if future is not None:
+                        future.cancel()
                 self._queue = []
                 raise
             except Exception as exc:
+                kept = sum(future is None for _, future in batch)
+                if kept:
+                    log.warning("data of %d jobs not written to the state file: %s", kept, exc)
                 for _, future in batch:
-                    if not future.done():
+                    if future is not None and not future.done():
                         future.set_exception(exc)
                 continue
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():  # its caller may have stopped waiting
+                if future is not None and not future.done():  # its caller may have gone
                     future.set_result(result)

@@ -39,7 +39,6 @@ from cerby_exporter.jobids import (
     normalize_job_id,
     retention_expired,
 )
-from cerby_exporter.model import job_document
 from cerby_exporter.state import AsyncState, StateUnavailable
 
 if TYPE_CHECKING:
@@ -220,7 +219,6 @@ class Discovery:
         self._retention = retention
         self._clock = clock
         self._dropping = False
-        self._saves: set[asyncio.Task[None]] = set()
 
     async def restore(self) -> None:
         """What the state file knew: learned jobs tracked again, fresh job data not refetched."""
@@ -290,21 +288,14 @@ class Discovery:
         """The cache stored new data: write it to the state file, batched, without waiting."""
         if entry.job is None or entry.fetched_at is None:
             return
-        task = asyncio.ensure_future(
-            self._state.save_job(job_id, job_document(entry.job), entry.fetched_at)
-        )
-        self._saves.add(task)
-        task.add_done_callback(self._saved)
-
-    def _saved(self, task: asyncio.Task[None]) -> None:
-        self._saves.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("job data not written to the state file: %s", task.exception())
+        try:
+            self._state.keep_job(job_id, entry.job, entry.fetched_at)
+        except StateUnavailable as exc:  # closed: the exporter is stopping
+            log.warning("job data not written to the state file: %s", exc)
 
     async def flush(self) -> None:
         """Wait for job data still being written."""
-        if self._saves:
-            await asyncio.gather(*self._saves, return_exceptions=True)
+        await self._state.drain()
 
 
 def _answer(status: int, result: str, retry_after: int | None = None) -> web.Response:

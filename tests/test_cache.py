@@ -505,6 +505,26 @@ def test_version_moves_only_when_data_is_stored() -> None:
     asyncio.run(scenario())
 
 
+def test_the_same_answer_again_keeps_the_job_held_with_a_new_fetch_time() -> None:
+    async def scenario() -> None:
+        cerby, clock = FakeCerby(), Clock()
+        cache = make(cerby, clock)
+        first = (await cache.refresh([A], clock() + 5)).entries[A]
+        clock.now += 61
+        same = (await cache.refresh([A], clock() + 5)).entries[A]
+        assert same.job is first.job
+        assert (first.fetched_at, same.fetched_at) == (clock.now - 61, clock.now)
+        cerby.status[A] = "error"
+        clock.now += 61
+        changed = (await cache.refresh([A], clock() + 5)).entries[A]
+        assert changed.job == job(A, "error")
+        assert changed.job is not first.job
+        assert cerby.calls[A] == 3
+        await cache.close()
+
+    asyncio.run(scenario())
+
+
 def test_restored_data_is_fresh_for_what_is_left_of_its_ttl() -> None:
     async def scenario() -> None:
         cerby, clock = FakeCerby(), Clock()

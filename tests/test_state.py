@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from cerby_exporter.model import parse_job_body
 from cerby_exporter.state import (
     SCHEMA_VERSION,
     AsyncState,
@@ -448,6 +449,62 @@ def test_closing_commits_what_is_queued_and_refuses_the_rest(path: Path) -> None
     assert stored == [True] * 50
     assert str(refused) == f"state file {path}: closed"
     assert len(events(path)) == 50
+
+
+def test_kept_jobs_are_written_in_shared_commits_in_call_order(path: Path) -> None:
+    ids = [f"job-{n:03d}" for n in range(300)]
+
+    async def keep() -> tuple[Snapshot, int]:
+        state = AsyncState(StateStore.open(path))
+        for n, job_id in enumerate(ids):
+            state.keep_job(job_id, parse_job_body(body(job_id), job_id), float(n))
+        await state.forget_jobs([ids[0]])
+        state.keep_job(ids[1], parse_job_body(body(ids[1], status="error"), ids[1]), 999.0)
+        await state.drain()
+        snapshot = await state.load()
+        await state.close()
+        return snapshot, state.commits
+
+    snapshot, commits = asyncio.run(keep())
+    assert 1 <= commits < 100
+    assert set(snapshot.jobs) == set(ids[1:])
+    assert snapshot.jobs[ids[1]][0].status == "error"
+    assert snapshot.jobs[ids[1]][1] == 999.0
+    assert snapshot.jobs[ids[2]] == (parse_job_body(body(ids[2]), ids[2]), 2.0)
+    on_disk = rows(path, "SELECT job_id, fetched_at FROM jobs WHERE job_id = 'job-299'")
+    assert on_disk == [("job-299", 299.0)]
+
+
+def test_a_kept_job_that_fails_is_logged_and_the_next_one_is_written(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = sqlite3.connect(path, isolation_level=None)
+    job = parse_job_body(body(FINISHED), FINISHED)
+
+    async def keep_twice() -> BaseException | None:
+        state = AsyncState(StateStore.open(path, busy_timeout=0.05))
+        other.execute("BEGIN EXCLUSIVE")
+        state.keep_job(FINISHED, job, 1.0)
+        state.keep_job(RUNNING, parse_job_body(body(RUNNING), RUNNING), 1.0)
+        await state.drain()
+        other.execute("ROLLBACK")
+        state.keep_job(FINISHED, job, 2.0)
+        await state.drain()
+        await state.close()
+        try:
+            state.keep_job(FINISHED, job, 3.0)
+        except StateUnavailable as exc:
+            return exc
+        return None
+
+    with caplog.at_level(logging.WARNING, logger="cerby_exporter.state"):
+        refused = asyncio.run(keep_twice())
+    other.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"data of 2 jobs not written to the state file: state file {path}: database is locked"
+    ]
+    assert rows(path, "SELECT job_id, fetched_at FROM jobs") == [(FINISHED, 2.0)]
+    assert str(refused) == f"state file {path}: closed"
 
 
 KILLED_CHILD = """

@@ -18,12 +18,13 @@ instead of a look-up per job, which is what keeps a warm scrape of 10 000 jobs c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from cachetools import LRUCache, TLRUCache
 
@@ -286,22 +287,39 @@ class JobCache:
             if not queued.pending.done():
                 queued.pending.set_result(outcome)
 
-    async def _wait(self, tasks: Iterable[Awaitable[object]], deadline: float) -> None:
-        """Until every task is done, the deadline passes or the exporter stops. The tasks
-        themselves are never cancelled here: what they bring back serves the next scrape."""
-        if self._stopping.is_set():
+    async def _wait(self, futures: Sequence[asyncio.Future[Any]], deadline: float) -> None:
+        """Until every future is done, the deadline passes or the exporter stops. The fetches
+        themselves are never cancelled here: what they bring back serves the next scrape.
+
+        One countdown for all of them rather than `asyncio.wait`, which would hold a set of a
+        round's thousands of futures and a copy of the context for each one's callback."""
+        left = sum(not future.done() for future in futures)
+        if left == 0 or self._stopping.is_set():
             return
-        every = asyncio.ensure_future(asyncio.wait([asyncio.ensure_future(t) for t in tasks]))
+        everything: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def one_done(_: asyncio.Future[Any]) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0 and not everything.done():
+                everything.set_result(None)
+
+        context = contextvars.copy_context()
+        for future in futures:
+            if not future.done():
+                future.add_done_callback(one_done, context=context)
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait(
-                (every, stop),
+                (everything, stop),
                 timeout=max(0.0, deadline - self._clock()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
-            every.cancel()
             stop.cancel()
+            if not everything.done():
+                for future in futures:
+                    future.remove_done_callback(one_done)
 
     def _snapshot(self, ids: tuple[str, ...]) -> dict[str, Entry]:
         """The known entries of `ids`."""

@@ -390,8 +390,9 @@ class JobCache:
         else:
             self._failing.pop(job_id, None)
             self._note_status(result)
-            # The same answer again keeps the job already held: the long-lived objects stay
-            # where they are, and the new ones go at once, where a refresh round's others went.
+            # The same answer again keeps the job already held, so the object parsed from it is
+            # freed at once with the round's other short-lived ones instead of replacing a
+            # long-lived one: memory freed in a round can then be reused by the next one.
             job = previous.job if previous.job == result else result
             entry = Entry(job, self._wall(), None)
             if self.on_stored is not None:

@@ -67,6 +67,9 @@ def normalize_status(raw: str | None) -> str:
 def parse_timestamp(value: object) -> float | None:
     """Unix seconds from any of Cerby's ISO 8601 shapes; a zone-less time is UTC.
 
+    A time that is not a moment of years 1 to 9999 in UTC is no time at all: the state file
+    writes every parsed time back as UTC (`job_document`), and it must always be able to.
+
     >>> parse_timestamp("2007-01-09T15:41:27.000Z")
     1168357287.0
     """
@@ -81,7 +84,10 @@ def parse_timestamp(value: object) -> float | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    try:
+        return parsed.astimezone(UTC).timestamp()
+    except OverflowError:  # "9999-12-31T23:59:59-05:00" is in year 10000 in UTC
+        return None
 
 
 def parse_job_body(body: bytes, job_id: str) -> Job:

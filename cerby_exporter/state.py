@@ -170,7 +170,12 @@ class _KeepJob:
     fetched_at: float
 
     def run(self, db: sqlite3.Connection) -> int:
-        return _SaveJob(self.job_id, job_document(self.job), self.fetched_at).run(db)
+        try:
+            body = job_document(self.job)
+        except (ValueError, OverflowError) as exc:  # one job must not fail a shared commit
+            log.warning("job %s not written to the state file: %s", self.job_id, exc)
+            return 0
+        return _SaveJob(self.job_id, body, self.fetched_at).run(db)
 
 
 @dataclass(frozen=True, slots=True)

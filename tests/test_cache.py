@@ -365,6 +365,25 @@ def test_refresh_returns_at_the_deadline_and_the_fetch_completes_later() -> None
     asyncio.run(scenario())
 
 
+def test_refreshes_that_stop_waiting_leave_nothing_on_the_fetch_they_waited_for() -> None:
+    async def scenario() -> None:
+        cerby, clock = FakeCerby(), Clock()
+        cache = make(cerby, clock)
+        cerby.release.clear()
+        for _ in range(5):
+            await cache.refresh([A, A, B], deadline=clock() + 0.02)
+        pending = cache._inflight[A]
+        assert not pending.done()
+        assert not pending._callbacks  # asyncio keeps the done callbacks here
+        cerby.release.set()
+        both = await cache.refresh([A, A, B], deadline=clock() + FAR)  # A twice: counted once
+        assert set(both.entries) == {A, B}
+        assert cerby.calls == {A: 1, B: 1}
+        await cache.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_verdict_that_arrives_late_counts() -> None:
     async def scenario() -> None:
         cerby, clock = FakeCerby(), Clock()

@@ -126,9 +126,28 @@ def test_every_documented_timestamp_shape(text: str, expected: float) -> None:
     assert parse_timestamp(text) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("value", [None, "", "yesterday", "2024-13-45T99:00:00", 1725569174, []])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "yesterday",
+        "2024-13-45T99:00:00",
+        1725569174,
+        [],
+        "9999-12-31T23:59:59-05:00",  # year 10000 in UTC
+        "0001-01-01T00:00:00+05:00",  # year 0 in UTC
+    ],
+)
 def test_unreadable_timestamps_are_none(value: object) -> None:
     assert parse_timestamp(value) is None
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59+00:00", "0001-01-01T05:00:00+05:00"])
+def test_the_extreme_timestamps_are_written_back_and_read_again(text: str) -> None:
+    job = parse_job({"data": {"attributes": {"createdAt": text}}}, JOB_ID)
+    assert job.created_at is not None
+    assert parse_job_body(job_document(job), JOB_ID) == job
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -473,6 +474,28 @@ def test_kept_jobs_are_written_in_shared_commits_in_call_order(path: Path) -> No
     assert snapshot.jobs[ids[2]] == (parse_job_body(body(ids[2]), ids[2]), 2.0)
     on_disk = rows(path, "SELECT job_id, fetched_at FROM jobs WHERE job_id = 'job-299'")
     assert on_disk == [("job-299", 299.0)]
+
+
+def test_a_kept_job_that_cannot_be_encoded_fails_only_itself(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = parse_job_body(body(FINISHED), FINISHED)
+    unwritable = replace(parse_job_body(body(RUNNING), RUNNING), created_at=1e20)
+
+    async def keep() -> Snapshot:
+        state = AsyncState(StateStore.open(path))
+        state.keep_job(RUNNING, unwritable, 1.0)
+        state.keep_job(FINISHED, good, 1.0)
+        await state.forget_jobs([FAILED])  # in the same commit: it must not fail with them
+        snapshot = await state.load()
+        await state.close()
+        return snapshot
+
+    with caplog.at_level(logging.WARNING, logger="cerby_exporter.state"):
+        snapshot = asyncio.run(keep())
+    assert set(snapshot.jobs) == {FINISHED}
+    [record] = caplog.records
+    assert record.getMessage().startswith(f"job {RUNNING} not written to the state file: ")
 
 
 def test_a_kept_job_that_fails_is_logged_and_the_next_one_is_written(

@@ -228,7 +228,11 @@ class WebhookKeys:
             entries.append(
                 f"  - id: {self.hmac_id}\n    algorithm: hmac-sha256\n    secret: {self.secret}\n"
             )
-        self.path.write_text("keys:\n" + "".join(entries) if entries else "keys: []\n")
+        # Replaced in one step, as Kubernetes swaps a mounted Secret: a reload never reads
+        # half a file (a half-written one is refused and the keys in force kept, see test_webhook).
+        staging = self.path.with_name(self.path.name + ".new")
+        staging.write_text("keys:\n" + "".join(entries) if entries else "keys: []\n")
+        staging.replace(self.path)
         return self
 
     def headers(

@@ -271,7 +271,9 @@ def test_a_keys_file_edited_while_running_takes_the_new_key_without_a_restart(
     body = envelope(NEW_JOB)
     refused = receiving.post(body, keys.headers(body))
     assert refused.json() == {"result": "unknown_key"}
-    keys.path.write_text("keys: [not, a, mapping\n")  # a bad edit keeps the keys in force
+    bad = keys.path.with_name("bad.yaml")
+    bad.write_text("keys: [not, a, mapping\n")
+    bad.replace(keys.path)  # a bad edit keeps the keys in force
     time.sleep(0.5)
     hmac_body = envelope(FAILED)
     assert receiving.post(hmac_body, keys.headers(hmac_body, algorithm="hmac-sha256")).json() == {

@@ -120,10 +120,8 @@ class Exporter:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.cache.close()
         await self.client.close()
-        if self.discovery is not None:
-            await self.discovery.flush()
         if self.state is not None:
-            await self.state.close()
+            await self.state.close()  # after the cache: every job it stored is committed
 
 
 EXPORTER: Final = web.AppKey("exporter", Exporter)

@@ -422,9 +422,6 @@ class AsyncState:
         """`StateStore.record_event`, answered once the event is on disk."""
         return bool(await self._write(_RecordEvent(event_id, job_id, event_type, received_at)))
 
-    async def save_job(self, job_id: str, body: bytes, fetched_at: float) -> None:
-        await self._write(_SaveJob(job_id, body, fetched_at))
-
     def keep_job(self, job_id: str, job: Job, fetched_at: float) -> None:
         """Queue a fetched job for the next commit, without waiting: the cache stores thousands
         of jobs in a round, and a task or future for each would be held until its commit. The
@@ -455,8 +452,7 @@ class AsyncState:
         if self._closed:
             return
         self._closed = True
-        if self._flusher is not None and not self._flusher.done():
-            await asyncio.wait([self._flusher])
+        await self.drain()
         await self._run(self._store.close)
         self._worker.shutdown(wait=False)
 

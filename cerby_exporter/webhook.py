@@ -293,10 +293,6 @@ class Discovery:
         except StateUnavailable as exc:  # closed: the exporter is stopping
             log.warning("job data not written to the state file: %s", exc)
 
-    async def flush(self) -> None:
-        """Wait for job data still being written."""
-        await self._state.drain()
-
 
 def _answer(status: int, result: str, retry_after: int | None = None) -> web.Response:
     headers = {hdrs.RETRY_AFTER: str(retry_after)} if retry_after is not None else None

@@ -67,7 +67,7 @@ class World:
         await self.state.record_event(f"event-{job}-{self.clock.now}", job, "x", self.clock.now)
         await self.discovery.heard(job, self.clock.now)
         await self.cache.refresh([job], asyncio.get_running_loop().time() + 5)
-        await self.discovery.flush()
+        await self.state.drain()
 
     async def close(self) -> None:
         await self.cache.close()

@@ -358,13 +358,17 @@ def test_concurrent_events_share_commits_and_all_are_stored(path: Path) -> None:
 def test_writes_in_one_batch_apply_in_call_order(store: StateStore) -> None:
     async def writes() -> tuple[list[object], Snapshot]:
         state = AsyncState(store)
+
+        async def keep(job_id: str, fetched_at: float) -> None:
+            state.keep_job(job_id, parse_job_body(body(job_id), job_id), fetched_at)
+
         results = await asyncio.gather(
             state.record_event("ev-1", RUNNING, "automation.failed", 1.0),
             state.record_event("ev-1", RUNNING, "automation.failed", 2.0),
-            state.save_job(RUNNING, body(RUNNING), 1.0),
+            keep(RUNNING, 1.0),
             state.forget_jobs([RUNNING]),
             state.record_event("ev-2", FINISHED, "automation.succeeded", 3.0),
-            state.save_job(FINISHED, body(FINISHED), 3.0),
+            keep(FINISHED, 3.0),
             state.purge_events(1.5),
         )
         return list(results), await state.load()
@@ -416,7 +420,8 @@ def test_every_call_runs_in_one_worker_thread_off_the_loop(path: Path) -> None:
     async def calls() -> str:
         state = AsyncState(ThreadRecordingStore.open(path))
         await state.record_event("ev-1", RUNNING, "automation.failed", 1.0)
-        await asyncio.gather(state.save_job(RUNNING, body(RUNNING), 1.0), state.load())
+        state.keep_job(RUNNING, parse_job_body(body(RUNNING), RUNNING), 1.0)
+        await asyncio.gather(state.drain(), state.load())
         await state.forget_jobs([RUNNING])
         await state.purge_events(0.0)
         await state.close()

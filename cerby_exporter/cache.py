@@ -22,7 +22,7 @@ import contextvars
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -85,16 +85,39 @@ class JobFetcher(Protocol):
     async def fetch_job(self, job_id: str, deadline: float) -> tuple[Job | FetchError, Attempt]: ...
 
 
-@dataclass(frozen=True, slots=True)
 class Round:
-    """What a refresh leaves: the entries, and whether Cerby last answered with our key."""
+    """What a refresh leaves: the entries of its jobs, and whether Cerby last answered with our
+    key.
 
-    entries: dict[str, Entry]
-    key_accepted: bool | None
-    """The verdict of the latest round that got answers, finished in time or not; None if no
-    round has sent a request yet."""
-    version: int = -1
-    """`JobCache.version` when `entries` were read: what a rendering of them is keyed on."""
+    The entries are read from the cache when first asked for, not copied by every refresh: a
+    scrape whose job part still stands never looks at them, and a copy held from one refresh to
+    the next would keep a whole round's replaced entries alive while the new ones arrive."""
+
+    __slots__ = ("_entries", "_known", "ids", "key_accepted", "version")
+
+    def __init__(
+        self,
+        ids: tuple[str, ...],
+        known: Mapping[str, Entry],
+        key_accepted: bool | None,
+        version: int = -1,
+    ) -> None:
+        self.ids = ids
+        self._known = known
+        self._entries: dict[str, Entry] | None = None
+        self.key_accepted = key_accepted
+        """The verdict of the latest round that got answers, finished in time or not; None if
+        no round has sent a request yet."""
+        self.version = version
+        """`JobCache.version` when the refresh ended: what a rendering of it is keyed on."""
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        """The known entries of `ids`, as they stand when first asked for."""
+        if self._entries is None:
+            known = self._known
+            self._entries = {i: e for i in self.ids if (e := known.get(i)) is not None}
+        return self._entries
 
 
 Outcome = tuple[Entry, Attempt | None]
@@ -118,7 +141,6 @@ class _AllFresh:
     ids: tuple[str, ...]
     version: int
     until: float
-    entries: dict[str, Entry]
 
 
 class JobCache:
@@ -228,7 +250,7 @@ class JobCache:
             and self._clock() < fresh.until
         ):
             self._metrics.count_cache(len(ids), 0, 0)
-            return Round(fresh.entries, self.key_verdict(), fresh.version)
+            return Round(ids, self._known, self.key_verdict(), fresh.version)
         counts: Counter[str] = Counter()
         waiting: list[asyncio.Future[Outcome]] = []
         backed_off = self._gate.closed()
@@ -250,13 +272,12 @@ class JobCache:
             waiting.append(pending)
         self._metrics.count_cache(counts["hit"], counts["miss"], counts["stale"])
         if counts["hit"] == len(ids):
-            fresh = _AllFresh(ids, self.version, until, self._snapshot(ids))
-            self._all_fresh = fresh
-            return Round(fresh.entries, self.key_verdict(), fresh.version)
+            self._all_fresh = _AllFresh(ids, self.version, until)
+            return Round(ids, self._known, self.key_verdict(), self.version)
         if waiting:
             await self._wait(waiting, deadline)
         self._log_failures()
-        return Round(self._snapshot(ids), self.key_verdict(), self.version)
+        return Round(ids, self._known, self.key_verdict(), self.version)
 
     def fetch_soon(self, job_id: str) -> None:
         """Start fetching a job now, without waiting for it: for a job just heard of."""
@@ -320,10 +341,6 @@ class JobCache:
             if not everything.done():
                 for future in futures:
                     future.remove_done_callback(one_done)
-
-    def _snapshot(self, ids: tuple[str, ...]) -> dict[str, Entry]:
-        """The known entries of `ids`."""
-        return {i: e for i in ids if (e := self._known.get(i)) is not None}
 
     def key_verdict(self) -> bool | None:
         """Did the latest round with answers reach Cerby with an accepted key?

@@ -53,8 +53,8 @@ from cerby_exporter.cache import Entry, JobCache, Round, TTLPolicy
 from cerby_exporter.client import CerbyClient
 from cerby_exporter.exposition import (
     GzipPrefix,
+    GzipWriter,
     escape_label_value,
-    gzip_pieces,
     header,
     inflate,
     label_text,
@@ -211,7 +211,7 @@ FAMILY_LINES: Final[tuple[Callable[[str, Entry | None, View], str], ...]] = (
 entry is None when the job's data is not shown."""
 
 
-RENDER_CHUNK: Final = 512
+RENDER_CHUNK: Final = 128
 """Jobs rendered into one piece of text: the rendering never holds more than a piece at once."""
 
 
@@ -497,16 +497,19 @@ class Collector:
 
     async def _jobs(self, ids: tuple[str, ...], result: Round) -> JobPart:
         """The job part for this scrape: the one already made if it still stands, else anew
-        (scrapes that arrive while it is being made wait for the same one)."""
+        (scrapes that arrive while it is being made wait for the same one, or a newer one)."""
         now = self._wall()
         part = self._job_part
         if part is not None and part.serves(ids, result.version, now):
             return part
         pending = self._pending
-        if pending is None or pending[0] != (ids, result.version):
+        if pending is None or pending[0][0] != ids or pending[0][1] < result.version:
+            # The part made before no longer stands: let it go before making the next one, so
+            # that two are never held at once (answers being written keep theirs meanwhile).
+            self._job_part = None
             rows, stale, valid_until = self._shown(ids, result.entries, now)
             made = asyncio.ensure_future(
-                asyncio.to_thread(self._make_part, ids, result.version, rows, stale, valid_until)
+                self._make_part(ids, result.version, rows, stale, valid_until)
             )
             pending = self._pending = ((ids, result.version), made)
         part = await asyncio.shield(pending[1])
@@ -516,7 +519,7 @@ class Collector:
             self._job_part = part
         return part
 
-    def _make_part(
+    async def _make_part(
         self,
         ids: tuple[str, ...],
         version: int,
@@ -524,10 +527,13 @@ class Collector:
         stale: int,
         valid_until: float,
     ) -> JobPart:
-        """Render and compress, in a thread: with many jobs, this is the costliest step of all."""
-        pieces = (text.encode() for text in job_text(rows, self._view, self._help, True))
+        """Render and compress a piece at a time, letting the loop run between pieces."""
+        writer = GzipWriter()
+        for text in job_text(rows, self._view, self._help, True):
+            writer.write(text.encode())
+            await asyncio.sleep(0)
         self.job_part_renders += 1
-        return JobPart(ids, version, valid_until, gzip_pieces(pieces), stale)
+        return JobPart(ids, version, valid_until, writer.prefix(), stale)
 
     async def probe(self, job_id: str, timeout_header: str | None, openmetrics: bool) -> bytes:
         """The per-job families of one job, through the same cache as `/metrics`."""

@@ -20,6 +20,10 @@ _GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 """RFC 1952 member header: deflate, no flags, no modification time, unknown OS."""
 
 
+DEFLATED_CHUNK: Final = 64 * 1024
+"""Bytes of deflated output per chunk of a `GzipPrefix`."""
+
+
 @dataclass(frozen=True, slots=True)
 class GzipPrefix:
     """The start of a gzip member: the header and `size` bytes deflated up to a byte boundary.
@@ -27,11 +31,20 @@ class GzipPrefix:
     The deflate stream is flushed (Z_SYNC_FLUSH) but not finished, so `gzip_finish` can add any
     tail, in stored blocks of its own, and close the member: the prefix is compressed once
     however many tails follow. The result is one ordinary member that every gzip reader accepts.
+
+    The deflated bytes are held in `chunks` of `DEFLATED_CHUNK` bytes each (the last one
+    shorter). The job part is replaced every refresh round; made of blocks of one size, each new
+    one fits where an old one was freed, where one buffer of a slightly different size every
+    time would often not fit, and the heap would grow by its size instead.
     """
 
-    deflated: bytes
+    chunks: tuple[bytes, ...]
     crc: int
     size: int
+
+    @property
+    def deflated(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 def gzip_prefix(data: bytes) -> GzipPrefix:
@@ -41,23 +54,60 @@ def gzip_prefix(data: bytes) -> GzipPrefix:
 def gzip_pieces(pieces: Iterable[bytes]) -> GzipPrefix:
     """The prefix of the pieces' concatenation, deflated as they come: the whole text is never
     held at once, only its compressed form."""
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-    deflated = [_GZIP_HEADER]
-    crc = size = 0
+    writer = GzipWriter()
     for piece in pieces:
-        deflated.append(compressor.compress(piece))
-        crc = zlib.crc32(piece, crc)
-        size += len(piece)
-    deflated.append(compressor.flush(zlib.Z_SYNC_FLUSH))
-    return GzipPrefix(b"".join(deflated), crc, size)
+        writer.write(piece)
+    return writer.prefix()
+
+
+class GzipWriter:
+    """`gzip_pieces` a piece at a time, for a caller that does other work between pieces."""
+
+    __slots__ = ("_chunks", "_compressor", "_crc", "_filled", "_size", "_staging")
+
+    def __init__(self) -> None:
+        self._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self._staging = bytearray(DEFLATED_CHUNK)
+        self._filled = 0
+        self._chunks: list[bytes] = []
+        self._crc = 0
+        self._size = 0
+        self._keep(_GZIP_HEADER)
+
+    def write(self, piece: bytes) -> None:
+        self._keep(self._compressor.compress(piece))
+        self._crc = zlib.crc32(piece, self._crc)
+        self._size += len(piece)
+
+    def prefix(self) -> GzipPrefix:
+        """What was written, flushed to a byte boundary; the writer is done with."""
+        self._keep(self._compressor.flush(zlib.Z_SYNC_FLUSH))
+        if self._filled:
+            self._chunks.append(bytes(memoryview(self._staging)[: self._filled]))
+        return GzipPrefix(tuple(self._chunks), self._crc, self._size)
+
+    def _keep(self, deflated: bytes) -> None:
+        """Deflated output into the staging chunk, kept as bytes each time it is full."""
+        view = memoryview(deflated)
+        while view:
+            taken = view[: DEFLATED_CHUNK - self._filled]
+            self._staging[self._filled : self._filled + len(taken)] = taken
+            self._filled += len(taken)
+            view = view[len(taken) :]
+            if self._filled == DEFLATED_CHUNK:
+                self._chunks.append(bytes(self._staging))
+                self._filled = 0
 
 
 def inflate(prefix: GzipPrefix) -> bytes:
     """The data a prefix holds, uncompressed again."""
-    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(prefix.deflated[len(_GZIP_HEADER) :])
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    stream = memoryview(prefix.chunks[0])[len(_GZIP_HEADER) :]
+    parts = [inflater.decompress(stream), *map(inflater.decompress, prefix.chunks[1:])]
+    return b"".join(parts)
 
 
-EMPTY_PREFIX: Final = GzipPrefix(_GZIP_HEADER, 0, 0)
+EMPTY_PREFIX: Final = GzipPrefix((_GZIP_HEADER,), 0, 0)
 
 
 def gzip_tail(prefix: GzipPrefix, tail: bytes) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import random
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,11 +25,14 @@ from cerby_exporter.cache import JobCache, TTLPolicy
 from cerby_exporter.client import ApiKey, CerbyClient
 from cerby_exporter.collector import Collector, HealthCollector, JobPart, View
 from cerby_exporter.exposition import (
+    DEFLATED_CHUNK,
     EMPTY_PREFIX,
     gzip_finish,
     gzip_member,
+    gzip_pieces,
     gzip_prefix,
     gzip_tail,
+    inflate,
     stored_blocks,
 )
 from cerby_exporter.jobids import JobIdSource
@@ -348,6 +352,22 @@ def test_stored_blocks_inflate_to_the_data_and_end_the_stream(size: int) -> None
     reader = zlib.decompressobj(-zlib.MAX_WBITS)
     assert reader.decompress(stored_blocks(data)) == data
     assert reader.eof  # the last block is marked final
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, DEFLATED_CHUNK - 100, DEFLATED_CHUNK, 3 * DEFLATED_CHUNK + 5, 200_000]
+)
+def test_a_prefix_is_held_in_chunks_of_one_size_that_make_the_same_member(size: int) -> None:
+    data = random.Random(size).randbytes(size)  # incompressible: deflated, about as long
+    prefix = gzip_pieces(data[start : start + 1000] for start in range(0, size, 1000))
+    deflated = b"".join(prefix.chunks)
+    assert [len(chunk) for chunk in prefix.chunks[:-1]] == [DEFLATED_CHUNK] * (
+        len(prefix.chunks) - 1
+    )
+    assert 0 < len(prefix.chunks[-1]) <= DEFLATED_CHUNK
+    assert len(prefix.chunks) == -(-len(deflated) // DEFLATED_CHUNK)  # 4 at 3 chunks and 5 B
+    assert (prefix.size, inflate(prefix)) == (size, data)
+    assert gzip.decompress(gzip_finish(prefix, b"tail")) == data + b"tail"
 
 
 @pytest.mark.parametrize(

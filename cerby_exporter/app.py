@@ -53,11 +53,6 @@ MAX_QUERY_BYTES: Final = 2048
 """A job ID is 36 characters; a query string longer than this is not a scrape."""
 GET_METHODS: Final = ("GET", "HEAD")
 SERVER_NAME: Final = f"cerby-exporter/{__version__}"
-WRITE_SLICE: Final = 64 * 1024
-"""Bytes of an answer handed to aiohttp at once, waiting for the socket between slices. The job
-part written whole would be copied once or twice per scrape (aiohttp joins the first write with
-the headers; asyncio copies what the socket does not take at once into the transport's
-buffer): every scrape in flight would hold copies of it."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -192,9 +187,7 @@ async def _exposition(
     await response.prepare(request)
     if request.method != "HEAD":
         for part in parts:
-            view = memoryview(part)
-            for start in range(0, len(view), WRITE_SLICE):
-                await response.write(view[start : start + WRITE_SLICE])
+            await response.write(part)
     await response.write_eof()
     return response
 

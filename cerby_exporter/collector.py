@@ -213,6 +213,9 @@ entry is None when the job's data is not shown."""
 
 RENDER_CHUNK: Final = 128
 """Jobs rendered into one piece of text: the rendering never holds more than a piece at once."""
+RENDER_TURN: Final = 0.005
+"""Seconds the rendering runs before it lets the loop serve others, as long as Python lets one
+thread hold the interpreter before handing it over."""
 
 
 def job_text(
@@ -523,15 +526,18 @@ class Collector:
         self,
         ids: tuple[str, ...],
         version: int,
-        rows: list[Shown],
+        rows: Sequence[Shown],
         stale: int,
         valid_until: float,
     ) -> JobPart:
         """Render and compress a piece at a time, letting the loop run between pieces."""
         writer = GzipWriter()
+        turn_ends = time.monotonic() + RENDER_TURN
         for text in job_text(rows, self._view, self._help, True):
             writer.write(text.encode())
-            await asyncio.sleep(0)
+            if time.monotonic() >= turn_ends:
+                await asyncio.sleep(0)
+                turn_ends = time.monotonic() + RENDER_TURN
         self.job_part_renders += 1
         return JobPart(ids, version, valid_until, writer.prefix(), stale)
 

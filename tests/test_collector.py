@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from cerby_exporter import __version__
+from cerby_exporter import collector as collector_module
 from cerby_exporter.app import EXPORTER, create_app
 from cerby_exporter.cache import Entry, TTLPolicy
 from cerby_exporter.client import NIL_JOB_ID
@@ -372,3 +373,37 @@ def test_the_job_text_in_pieces_is_every_family_once_with_every_job(jobs: int) -
             == jobs
         )
     assert inflate(gzip_pieces(piece.encode() for piece in pieces)) == text.encode()
+
+
+def test_the_job_part_is_made_a_piece_at_a_time_letting_the_loop_run_between_pieces(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collector_module, "RENDER_TURN", 0.0)  # a turn of one piece
+    jobs = 3 * RENDER_CHUNK
+    running = job(raw_status="running", workflow_type="password_rotation", provider="x")
+    rows = [
+        (f"{n:08d}-0000-0000-0000-000000000000", Entry(running, 1.7e9, None)) for n in range(jobs)
+    ]
+    view = View(60, 3600, 300, sparse_status=False, creator_labels=False)
+    pieces = len(list(job_text(rows, view, view.help_texts(), aggregate=True)))
+    unreachable = {"api_url": "http://127.0.0.1:9/api/v1", "api_key": "k" * 16, "retries": 0}
+
+    async def scenario(collector: Collector) -> None:
+        turns = 0
+        done = False
+
+        def tick() -> None:
+            nonlocal turns
+            turns += 1
+            if not done:
+                asyncio.get_running_loop().call_soon(tick)
+
+        ids = tuple(job_id for job_id, _ in rows)
+        asyncio.get_running_loop().call_soon(tick)
+        part = await collector._make_part(ids, 1, rows, 0, float("inf"))
+        done = True
+        assert turns >= pieces - 1  # the loop ran between every two pieces
+        samples = parse_samples(inflate(part.gzip).decode())
+        assert len(job_ids_with(samples, "cerby_job_info")) == jobs
+
+    collect({**unreachable, "job_ids": (FINISHED,)}, scenario)

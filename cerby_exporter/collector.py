@@ -445,7 +445,7 @@ class Collector:
         self._registry = registry
         self._health = health
         self._job_part: JobPart | None = None
-        self._pending: tuple[tuple[tuple[str, ...], int], asyncio.Future[JobPart]] | None = None
+        self._pending: asyncio.Future[JobPart] | None = None
         self.job_part_renders = 0
         """How many times the job part was rendered: once per change, not once per scrape."""
         self._key_checked_at = -float("inf")
@@ -499,28 +499,35 @@ class Collector:
         return jobs, render_registry(self._registry, openmetrics)
 
     async def _jobs(self, ids: tuple[str, ...], result: Round) -> JobPart:
-        """The job part for this scrape: the one already made if it still stands, else anew
-        (scrapes that arrive while it is being made wait for the same one, or a newer one)."""
-        now = self._wall()
-        part = self._job_part
-        if part is not None and part.serves(ids, result.version, now):
-            return part
-        pending = self._pending
-        if pending is None or pending[0][0] != ids or pending[0][1] < result.version:
-            # The part made before no longer stands: let it go before making the next one, so
-            # that two are never held at once (answers being written keep theirs meanwhile).
-            self._job_part = None
-            rows, stale, valid_until = self._shown(ids, result.entries, now)
-            made = asyncio.ensure_future(
-                self._make_part(ids, result.version, rows, stale, valid_until)
-            )
-            pending = self._pending = ((ids, result.version), made)
-        part = await asyncio.shield(pending[1])
-        if self._pending is pending:
+        """The job part for this scrape: the one already made if it still stands, else anew.
+
+        One rendering at a time. A scrape that finds one under way waits for it; if that one
+        was of older data, the scrape then makes the next one from what the cache holds by
+        then, which every scrape waiting meanwhile shares. During a refresh round every fetch
+        changes the data: renderings follow one another instead of piling up, one per scrape.
+        """
+        while True:
+            part = self._job_part
+            if part is not None and part.serves(ids, result.version, self._wall()):
+                return part
+            if self._pending is None:
+                break
+            await asyncio.wait([self._pending])
+        # The part made before no longer stands: let it go before making the next one, so that
+        # two are never held at once (answers being written keep theirs meanwhile).
+        self._job_part = None
+        version = self._cache.version
+        rows, stale, valid_until = self._shown(ids, self._cache.peek(ids), self._wall())
+        making = asyncio.ensure_future(self._make_part(ids, version, rows, stale, valid_until))
+        self._pending = making
+        making.add_done_callback(self._made)
+        return await asyncio.shield(making)
+
+    def _made(self, making: asyncio.Future[JobPart]) -> None:
+        if self._pending is making:
             self._pending = None
-        if self._job_part is None or part.version >= self._job_part.version:
-            self._job_part = part
-        return part
+        if not making.cancelled() and making.exception() is None:
+            self._job_part = making.result()
 
     async def _make_part(
         self,

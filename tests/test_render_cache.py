@@ -20,6 +20,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from cerby_exporter import collector as collector_module
 from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.cache import JobCache, TTLPolicy
 from cerby_exporter.client import ApiKey, CerbyClient
@@ -216,6 +217,27 @@ def test_scrapes_arriving_while_the_job_part_is_made_share_it() -> None:
         assert first is second is third
         assert rig.collector.job_part_renders == 1
         assert job_ids_in((await first.plain()).decode(), "cerby_job_info") == {RUNNING, FINISHED}
+
+    run(scenario)
+
+
+def test_one_rendering_at_a_time_scrapes_of_newer_data_share_the_next_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(collector_module, "RENDER_TURN", 0.0)  # a rendering yields every piece
+
+    async def scenario(rig: Rig) -> None:
+        await rig.scrape()
+        scrapes = []
+        for _ in range(4):  # new data before each scrape, while the first rendering runs
+            rig.cache.version += 1
+            scrapes.append(asyncio.ensure_future(rig.scrape()))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        (first, _), *(later) = await asyncio.gather(*scrapes)
+        assert rig.collector.job_part_renders == 3  # warm-up, the first, one for the other three
+        assert later[0][0] is later[1][0] is later[2][0]
+        assert first.version < later[0][0].version == rig.cache.version
 
     run(scenario)
 

@@ -3,10 +3,10 @@
 For each N and status-series mode, one exporter tracks N jobs of the simulator's `bulk` scenario
 with TTLs long enough that nothing expires during the measurement, so every scrape is served
 from the cache: one full scrape loads them all first. A run times `scrapes` scrapes over one
-keep-alive connection (as Prometheus holds one), plain and then gzip, saves the bytes of the
-last answer of each, and has nginx and `python -m http.server` serve those very bytes, timed the
-same way with the same client: each ratio is taken within its run, then the median of the runs'
-ratios is shown.
+keep-alive connection (as Prometheus holds one), plain and then gzip: it saves one answer of each,
+has nginx and `python -m http.server` serve those very bytes, then times the three in turn with
+the same client, a request to each per round. Each ratio is taken within its run, then the
+median of the runs' ratios is shown.
 """
 
 from __future__ import annotations
@@ -22,13 +22,24 @@ from cerby_exporter.collector import JOB_FAMILIES
 LONG_TTL = "86400"
 CPU_SCRAPES = 200
 """Scrapes to average CPU time over: /proc counts it in 10 ms ticks."""
+WARMUP = 2
+"""Untimed scrapes of each server before a run's timed ones."""
+
+
+ORDERS = ("back to back", "in turn")
+
+
+@dataclass
+class Timing:
+    exporter_ms: float
+    nginx_ms: float
+    python_ms: float
 
 
 @dataclass
 class WarmRun:
-    exporter_ms: float
-    nginx_ms: float
-    python_ms: float
+    timings: dict[str, Timing]
+    """By order: each server's scrapes in a row (one server, then the next), or in turn."""
     size: int
     cpu_ms: float
 
@@ -54,35 +65,72 @@ def start_warm(stack: contextlib.ExitStack, jobs: int, status_series: str) -> Ex
     return exporter
 
 
-def exporter_times(exporter: Exporter, gzip: bool, scrapes: int) -> tuple[float, float, bytes]:
-    """Median milliseconds of `scrapes` scrapes, CPU milliseconds per scrape, the last body."""
+def exporter_cpu(exporter: Exporter, gzip: bool) -> float:
+    """The exporter's CPU milliseconds per scrape, over `CPU_SCRAPES` scrapes."""
     headers = common.scrape_headers(gzip=gzip)
-    times, body = common.timed_scrapes(exporter.port, "/metrics", headers, scrapes)
     cpu_before = exporter.cpu_seconds()
     common.timed_scrapes(exporter.port, "/metrics", headers, CPU_SCRAPES, warmup=0)
-    cpu = (exporter.cpu_seconds() - cpu_before) / CPU_SCRAPES
-    return ms(median(times)), ms(cpu), body
+    return ms((exporter.cpu_seconds() - cpu_before) / CPU_SCRAPES)
+
+
+def interleaved(
+    servers: list[tuple[int, str, dict[str, str]]], scrapes: int
+) -> tuple[list[list[float]], list[bytes]]:
+    """Each server's times over one keep-alive connection of its own, taken in turn, a request
+    to each in every round: a change in the machine's state (another process, which CPU serves
+    which) falls on all of them alike. Also the last body each sent."""
+    with contextlib.ExitStack() as stack:
+        scrapers = [stack.enter_context(common.Scraper(port)) for port, _, _ in servers]
+        times: list[list[float]] = [[] for _ in servers]
+        bodies = [b""] * len(servers)
+        for n in range(WARMUP + scrapes):
+            for index, (scraper, (_, path, headers)) in enumerate(
+                zip(scrapers, servers, strict=True)
+            ):
+                status, bodies[index], seconds = scraper.get(path, headers)
+                if status != 200:
+                    raise RuntimeError(f"GET {path}: HTTP {status}")
+                if n >= WARMUP:
+                    times[index].append(seconds)
+    return times, bodies
 
 
 def warm_run(exporter: Exporter, scrapes: int) -> dict[bool, WarmRun]:
-    """One run, both encodings: the exporter, then nginx and http.server on its bytes."""
-    measured = {gzip: exporter_times(exporter, gzip, scrapes) for gzip in (False, True)}
+    """One run, both encodings: the exporter's last answer saved, then served by nginx and
+    http.server; the three timed back to back (each server's scrapes in a row, as a benchmark
+    loop does), then in turn (a request to each per round, as one Prometheus scraping the three
+    would: each server idle between two of its scrapes)."""
+    answers = {
+        gzip: common.timed_scrapes(
+            exporter.port, "/metrics", common.scrape_headers(gzip=gzip), 1, warmup=0
+        )[1]
+        for gzip in (False, True)
+    }
     runs: dict[bool, WarmRun] = {}
     with contextlib.ExitStack() as stack, common.temp_dir() as root:
-        (root / "metrics").write_bytes(measured[False][2])
-        (root / "metrics.gz").write_bytes(measured[True][2])
+        (root / "metrics").write_bytes(answers[False])
+        (root / "metrics.gz").write_bytes(answers[True])
         nginx = common.start_nginx(stack, root)
         python = common.start_python_static(stack, root)
-        for gzip, (exporter_ms, cpu_ms, body) in measured.items():
+        for gzip, body in answers.items():
             path = "/metrics.gz" if gzip else "/metrics"
-            nginx_ms = float("nan")
+            servers = [(exporter.port, "/metrics", common.scrape_headers(gzip=gzip))]
+            servers.append((python, path, {}))
             if nginx is not None:
-                nginx_times, served = common.timed_scrapes(nginx, path, {}, scrapes)
-                if served != body:
-                    raise RuntimeError("nginx served other bytes")
-                nginx_ms = ms(median(nginx_times))
-            python_times, _ = common.timed_scrapes(python, path, {}, scrapes)
-            runs[gzip] = WarmRun(exporter_ms, nginx_ms, ms(median(python_times)), len(body), cpu_ms)
+                servers.append((nginx, path, {}))
+            block = [interleaved([server], scrapes)[0][0] for server in servers]
+            turn, served = interleaved(servers, scrapes)
+            if nginx is not None and served[2] != body:
+                raise RuntimeError("nginx served other bytes")
+            timings = {
+                order: Timing(
+                    ms(median(times[0])),
+                    ms(median(times[2])) if nginx is not None else float("nan"),
+                    ms(median(times[1])),
+                )
+                for order, times in zip(ORDERS, (block, turn), strict=True)
+            }
+            runs[gzip] = WarmRun(timings, len(body), exporter_cpu(exporter, gzip))
     return runs
 
 
@@ -101,7 +149,7 @@ def cardinality(body: bytes) -> Cardinality:
 
 
 def run(sizes: list[int], runs: int, scrapes: int, status_series: list[str]) -> str:
-    rows: list[list[object]] = []
+    rows: dict[str, list[list[object]]] = {order: [] for order in ORDERS}
     budget: list[list[object]] = []
     for mode in status_series:
         for jobs in sizes:
@@ -114,18 +162,23 @@ def run(sizes: list[int], runs: int, scrapes: int, status_series: list[str]) -> 
                         results[gzip].append(one)
             for gzip in (False, True):
                 got = results[gzip]
-                rows.append(
-                    [
-                        f"{jobs} {mode} {'gzip' if gzip else 'plain'}",
-                        median([r.size for r in got]) / 1024,
-                        median([r.exporter_ms for r in got]),
-                        median([r.nginx_ms for r in got]),
-                        median([r.exporter_ms / r.nginx_ms for r in got]),
-                        median([r.python_ms for r in got]),
-                        median([r.exporter_ms / r.python_ms for r in got]),
-                        median([r.cpu_ms for r in got]),
-                    ]
-                )
+                label = f"{jobs} {mode} {'gzip' if gzip else 'plain'}"
+                for order in ORDERS:
+                    timed = [r.timings[order] for r in got]
+                    ratios = [t.exporter_ms / t.nginx_ms for t in timed]
+                    rows[order].append(
+                        [
+                            label,
+                            median([r.size for r in got]) / 1024,
+                            median([t.exporter_ms for t in timed]),
+                            median([t.nginx_ms for t in timed]),
+                            median(ratios),
+                            " ".join(f"{ratio:.2f}" for ratio in ratios),
+                            median([t.python_ms for t in timed]),
+                            median([t.exporter_ms / t.python_ms for t in timed]),
+                            median([r.cpu_ms for r in got]),
+                        ]
+                    )
             budget.append(
                 [
                     f"{jobs} {mode}",
@@ -135,22 +188,27 @@ def run(sizes: list[int], runs: int, scrapes: int, status_series: list[str]) -> 
                     card.total_bytes / 1024,
                 ]
             )
-    out = table(
-        [
-            "N, status series, encoding",
-            "KiB",
-            "exporter ms",
-            "nginx ms",
-            "x nginx",
-            "http.server ms",
-            "x http.server",
-            "CPU ms/scrape",
-        ],
-        rows,
-        f"Warm scrape of /metrics (median of {scrapes} scrapes a run, median of {runs} runs; "
-        f"ratios taken within each run; load average {common.load_average()} at the end)",
-    )
-    out += "\n" + table(
+    out = ""
+    for order in ORDERS:
+        out += table(
+            [
+                "N, status series, encoding",
+                "KiB",
+                "exporter ms",
+                "nginx ms",
+                "x nginx",
+                "x nginx, each run",
+                "http.server ms",
+                "x http.server",
+                "CPU ms/scrape",
+            ],
+            rows[order],
+            f"Warm scrape of /metrics, {order} (median of {scrapes} scrapes a run, median of "
+            f"{runs} runs; ratios taken within each run; load average "
+            f"{common.load_average()} at the end)",
+        )
+        out += "\n"
+    out += table(
         ["N, status series", "series", "series/job", "bytes/job", "KiB total"],
         budget,
         "Cardinality budget (plain text exposition)",

@@ -198,20 +198,39 @@ def scrape_headers(
     return headers
 
 
+Target = tuple[int, str, dict[str, str]]
+"""A server to time: port, path, request headers."""
+
+
 def timed_scrapes(
     port: int, path: str, headers: dict[str, str], count: int, warmup: int = 2
 ) -> tuple[list[float], bytes]:
     """Seconds of `count` requests on one keep-alive connection, after `warmup` untimed ones."""
-    times: list[float] = []
-    body = b""
-    with Scraper(port) as scraper:
+    times, bodies = timed_in_turn([(port, path, headers)], count, warmup)
+    return times[0], bodies[0]
+
+
+def timed_in_turn(
+    targets: Sequence[Target], count: int, warmup: int = 2
+) -> tuple[list[list[float]], list[bytes]]:
+    """Seconds of `count` requests to each target, over one keep-alive connection each, taken in
+    turn (a request to each per round) after `warmup` untimed rounds: a change in the machine's
+    state (another process, which CPU serves which) falls on all of them alike. Also the last
+    body each sent."""
+    with contextlib.ExitStack() as stack:
+        scrapers = [stack.enter_context(Scraper(port)) for port, _, _ in targets]
+        times: list[list[float]] = [[] for _ in targets]
+        bodies = [b""] * len(targets)
         for n in range(warmup + count):
-            status, body, seconds = scraper.get(path, headers)
-            if status != 200:
-                raise RuntimeError(f"GET {path}: HTTP {status}")
-            if n >= warmup:
-                times.append(seconds)
-    return times, body
+            for index, (scraper, (_, path, headers)) in enumerate(
+                zip(scrapers, targets, strict=True)
+            ):
+                status, bodies[index], seconds = scraper.get(path, headers)
+                if status != 200:
+                    raise RuntimeError(f"GET {path}: HTTP {status}")
+                if n >= warmup:
+                    times[index].append(seconds)
+    return times, bodies
 
 
 def full_scrape(exporter: Exporter, jobs: int) -> bytes:

@@ -2,11 +2,12 @@
 
 For each N and status-series mode, one exporter tracks N jobs of the simulator's `bulk` scenario
 with TTLs long enough that nothing expires during the measurement, so every scrape is served
-from the cache: one full scrape loads them all first. A run times `scrapes` scrapes over one
-keep-alive connection (as Prometheus holds one), plain and then gzip: it saves one answer of each,
-has nginx and `python -m http.server` serve those very bytes, then times the three in turn with
-the same client, a request to each per round. Each ratio is taken within its run, then the
-median of the runs' ratios is shown.
+from the cache: one full scrape loads them all first. A run saves one answer of each encoding,
+plain and gzip, and has nginx and `python -m http.server` serve those very bytes. It times the
+three with the same client, `scrapes` scrapes each over one keep-alive connection (as Prometheus
+holds one): back to back (one server's scrapes in a row, then the next's) and in turn (a request
+to each per round). Each ratio is taken within its run, then the median of the runs' ratios is
+shown, with every run's.
 """
 
 from __future__ import annotations
@@ -22,10 +23,6 @@ from cerby_exporter.collector import JOB_FAMILIES
 LONG_TTL = "86400"
 CPU_SCRAPES = 200
 """Scrapes to average CPU time over: /proc counts it in 10 ms ticks."""
-WARMUP = 2
-"""Untimed scrapes of each server before a run's timed ones."""
-
-
 ORDERS = ("back to back", "in turn")
 
 
@@ -73,28 +70,6 @@ def exporter_cpu(exporter: Exporter, gzip: bool) -> float:
     return ms((exporter.cpu_seconds() - cpu_before) / CPU_SCRAPES)
 
 
-def interleaved(
-    servers: list[tuple[int, str, dict[str, str]]], scrapes: int
-) -> tuple[list[list[float]], list[bytes]]:
-    """Each server's times over one keep-alive connection of its own, taken in turn, a request
-    to each in every round: a change in the machine's state (another process, which CPU serves
-    which) falls on all of them alike. Also the last body each sent."""
-    with contextlib.ExitStack() as stack:
-        scrapers = [stack.enter_context(common.Scraper(port)) for port, _, _ in servers]
-        times: list[list[float]] = [[] for _ in servers]
-        bodies = [b""] * len(servers)
-        for n in range(WARMUP + scrapes):
-            for index, (scraper, (_, path, headers)) in enumerate(
-                zip(scrapers, servers, strict=True)
-            ):
-                status, bodies[index], seconds = scraper.get(path, headers)
-                if status != 200:
-                    raise RuntimeError(f"GET {path}: HTTP {status}")
-                if n >= WARMUP:
-                    times[index].append(seconds)
-    return times, bodies
-
-
 def warm_run(exporter: Exporter, scrapes: int) -> dict[bool, WarmRun]:
     """One run, both encodings: the exporter's last answer saved, then served by nginx and
     http.server; the three timed back to back (each server's scrapes in a row, as a benchmark
@@ -114,12 +89,14 @@ def warm_run(exporter: Exporter, scrapes: int) -> dict[bool, WarmRun]:
         python = common.start_python_static(stack, root)
         for gzip, body in answers.items():
             path = "/metrics.gz" if gzip else "/metrics"
-            servers = [(exporter.port, "/metrics", common.scrape_headers(gzip=gzip))]
-            servers.append((python, path, {}))
+            servers: list[common.Target] = [
+                (exporter.port, "/metrics", common.scrape_headers(gzip=gzip)),
+                (python, path, {}),
+            ]
             if nginx is not None:
                 servers.append((nginx, path, {}))
-            block = [interleaved([server], scrapes)[0][0] for server in servers]
-            turn, served = interleaved(servers, scrapes)
+            block = [common.timed_scrapes(*server, scrapes)[0] for server in servers]
+            turn, served = common.timed_in_turn(servers, scrapes)
             if nginx is not None and served[2] != body:
                 raise RuntimeError("nginx served other bytes")
             timings = {

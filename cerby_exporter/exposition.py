@@ -20,8 +20,18 @@ _GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 """RFC 1952 member header: deflate, no flags, no modification time, unknown OS."""
 
 
-DEFLATED_CHUNK: Final = 64 * 1024
-"""Bytes of deflated output per chunk of a `GzipPrefix`."""
+LOOPBACK_SEGMENT: Final = 65_535 - 40 - 12
+"""Most payload one TCP segment carries on Linux's loopback (MTU 65 536): the largest IPv4
+packet less the IPv4 and TCP headers and the timestamp option."""
+DEFLATED_CHUNK: Final = 63 * 1024
+"""Bytes of deflated output per chunk of a `GzipPrefix`, each chunk one write to the socket.
+
+With the answer's headers in front of the first one, a chunk still fits one loopback segment. A
+write of exactly 64 KiB would not: each would leave a segment of 53 bytes to send, pass
+through the stack and wake the reader on its own (a Prometheus agent or sidecar on the same
+host scrapes over loopback). Over Ethernet any write ends in a partial segment; the size
+changes nothing there.
+"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from cerby_exporter.collector import Collector, HealthCollector, JobPart, View
 from cerby_exporter.exposition import (
     DEFLATED_CHUNK,
     EMPTY_PREFIX,
+    LOOPBACK_SEGMENT,
     gzip_finish,
     gzip_member,
     gzip_pieces,
@@ -46,6 +47,7 @@ from tests.support import (
     job_ids_with,
     openmetrics_families,
     parse_samples,
+    raw_exchange,
     settings_for,
     value,
 )
@@ -460,6 +462,25 @@ def test_over_the_wire_gzip_and_plain_answers_carry_the_same_job_part(
         else:
             assert headers["content-type"].startswith("text/plain; version=0.0.4")
             assert not body.endswith(b"# EOF\n")
+
+
+def test_a_gzip_answers_head_and_a_deflated_chunk_fit_one_loopback_segment(
+    simulator: Simulator, exporter_factory: Callable[..., Running]
+) -> None:
+    """Each chunk is one write; the first goes out with the head. A chunk a little too long
+    would cost a segment of a few bytes per write on loopback."""
+    running = exporter_factory(**settings_for(simulator))
+    running.call(running.exporter.collector.ready.wait())
+    request = (
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/plain;version=0.0.4\r\n"
+        b"Accept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+    )
+    received = raw_exchange(running.port, request).received
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-encoding: gzip" in head.lower()
+    assert b"\ncerby_job_info{" in gzip.decompress(body)
+    assert 200 < len(head) + 4 <= LOOPBACK_SEGMENT - DEFLATED_CHUNK
+    assert LOOPBACK_SEGMENT == 65_483
 
 
 @pytest.mark.parametrize("accept", [TEXT, OPENMETRICS])

@@ -1,9 +1,11 @@
 """The job cache: what each job looked like when last fetched, and when to ask Cerby again.
 
-Two stores with two jobs. A `TLRUCache` answers "is this job fresh?", each entry living as long
-as its state deserves (a job in flight may change any minute; a finished one almost never does).
-An `LRUCache` keeps the last good data of every job regardless of freshness, so a job whose
-refresh fails is still shown, marked as failed, instead of vanishing from the alerts.
+An `LRUCache` keeps the last good data of every job, so a job whose refresh fails is still
+shown, marked as failed, instead of vanishing from the alerts. Beside it, each job's due time
+answers "is this job fresh?": a job is fresh until it falls due, one TTL as long as its state
+deserves (a job in flight may change any minute; a finished one almost never does). A due time
+is overwritten in place at every fetch: a round that refreshes thousands of jobs changes no
+table's size, where a cache that drops expired keys and takes them back rebuilds its tables.
 
 Fetches of expired jobs are tasks on the event loop, at most `max_concurrency` of them talking
 to Cerby at once. Single-flight: a job being fetched is never fetched a second time at once; a
@@ -26,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from cachetools import LRUCache, TLRUCache
+from cachetools import LRUCache
 
 from cerby_exporter.backoff import RateLimitGate
 from cerby_exporter.client import Attempt, BackedOff, FetchError
@@ -35,6 +37,8 @@ from cerby_exporter.model import Job
 
 log = logging.getLogger(__name__)
 
+NEVER_DUE = -float("inf")
+"""The due time of a job never fetched: it is not fresh."""
 LOGGED_BY_CLIENT = frozenset({"unauthorized", "rate_limited"})
 """Failure reasons the client logs once per episode, so a round's summary need not repeat."""
 
@@ -165,9 +169,6 @@ class JobCache:
         self._clock = clock
         self._wall = wall_clock
         # Room for every tracked job plus as many probed ones.
-        self._fresh: TLRUCache[str, Entry] = TLRUCache(
-            maxsize=2 * max_jobs, ttu=self._expires_at, timer=clock
-        )
         self._known: LRUCache[str, Entry] = LRUCache(maxsize=2 * max_jobs)
         self._inflight: dict[str, asyncio.Future[Outcome]] = {}
         """Single-flight: the one pending fetch of each job, which every refresh waits for."""
@@ -181,6 +182,8 @@ class JobCache:
         self._verdicts: dict[int, bool] = {}
         self._closed = False
         self._expiries: dict[str, float] = {}
+        """When each job falls due (monotonic): fresh before, and kept after so that the next
+        due time follows the schedule (`next_due`)."""
         self._all_fresh: _AllFresh | None = None
         self._failing: dict[str, str] = {}
         """Jobs whose latest fetch failed, and why: what the failure log lines summarise."""
@@ -188,10 +191,15 @@ class JobCache:
         self.version = 0
         """Incremented whenever any entry changes: renderers key their caches on it."""
 
-    def _expires_at(self, key: str, entry: Entry, now: float) -> float:
-        expires = next_due(self._expiries.get(key), self._policy.seconds(entry), now)
-        self._expiries[key] = expires
-        return expires
+    def _schedule(self, job_id: str, entry: Entry) -> None:
+        """The job is fresh from now until it next falls due."""
+        self._expiries[job_id] = next_due(
+            self._expiries.get(job_id), self._policy.seconds(entry), self._clock()
+        )
+
+    def _is_fresh(self, job_id: str, now: float) -> bool:
+        """Not yet due, and its data still held (not evicted from `_known`)."""
+        return now < self._expiries.get(job_id, NEVER_DUE) and job_id in self._known
 
     def stop_waiting(self) -> None:
         """From now on no refresh waits for Cerby: a scrape in flight answers with what is
@@ -218,15 +226,13 @@ class JobCache:
         self._known[job_id] = entry
         due = self._clock() - (self._wall() - fetched_at) + self._policy.seconds(entry)
         if due > self._clock():
-            self._expiries[job_id] = due - self._policy.seconds(entry)
-            self._fresh[job_id] = entry
+            self._expiries[job_id] = due
         self.version += 1
 
     def forget(self, job_id: str) -> None:
         """Drop everything known of a job that is no longer tracked."""
         self._known.pop(job_id, None)
         self._failing.pop(job_id, None)
-        self._fresh.pop(job_id, None)
         self._expiries.pop(job_id, None)
         self.version += 1
 
@@ -256,10 +262,11 @@ class JobCache:
         backed_off = self._gate.closed()
         until = float("inf")
         round_id = self._round + 1
+        now = self._clock()
         for job_id in ids:
-            if job_id in self._fresh:
+            if self._is_fresh(job_id, now):
                 counts["hit"] += 1
-                until = min(until, self._expiries.get(job_id, -float("inf")))
+                until = min(until, self._expiries.get(job_id, NEVER_DUE))
                 continue
             known = self._known.get(job_id)
             counts["stale" if known is not None and known.job is not None else "miss"] += 1
@@ -281,7 +288,7 @@ class JobCache:
 
     def fetch_soon(self, job_id: str) -> None:
         """Start fetching a job now, without waiting for it: for a job just heard of."""
-        if job_id in self._fresh or job_id in self._inflight or self._closed:
+        if self._is_fresh(job_id, self._clock()) or job_id in self._inflight or self._closed:
             return
         if self._gate.closed():
             return
@@ -415,7 +422,7 @@ class JobCache:
             if self.on_stored is not None:
                 self.on_stored(job_id, entry)
         self._known[job_id] = entry
-        self._fresh[job_id] = entry
+        self._schedule(job_id, entry)
         self.version += 1
         if len(self._expiries) > 2 * self._known.maxsize:
             self._expiries = {i: t for i, t in self._expiries.items() if i in self._known}

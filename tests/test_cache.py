@@ -584,6 +584,23 @@ def test_forget_drops_a_job_and_moves_the_version() -> None:
     asyncio.run(scenario())
 
 
+def test_a_job_whose_data_was_evicted_is_fetched_again_not_taken_for_fresh() -> None:
+    async def scenario() -> None:
+        cerby, clock = FakeCerby(), Clock()
+        cache = make(cerby, clock)  # room for 200 jobs
+        ids = [f"aaaaaaaa-0000-0000-0000-{n:012d}" for n in range(201)]
+        for job_id in ids:
+            cerby.status[job_id] = "running"
+        await cache.refresh(ids, clock() + 5)
+        assert set(cache.peek(ids)) == set(ids[1:])  # the least recently used one went
+        result = await cache.refresh(ids[:1], clock() + 5)
+        assert cerby.calls[ids[0]] == 2
+        assert result.entries[ids[0]] == Entry(job(ids[0], "running"), clock(), None)
+        await cache.close()
+
+    asyncio.run(scenario())
+
+
 def test_entry_ok_reflects_error() -> None:
     entry = Entry(job(A, "running"), 1.0, None)
     assert entry.ok

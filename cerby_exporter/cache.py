@@ -197,9 +197,11 @@ class JobCache:
             self._expiries.get(job_id), self._policy.seconds(entry), self._clock()
         )
 
-    def _is_fresh(self, job_id: str, now: float) -> bool:
-        """Not yet due, and its data still held (not evicted from `_known`)."""
-        return now < self._expiries.get(job_id, NEVER_DUE) and job_id in self._known
+    def _fresh_until(self, job_id: str, now: float) -> float | None:
+        """When the job falls due, if it is fresh: not yet due, and its data still held (not
+        evicted from `_known`); None if it is due."""
+        due = self._expiries.get(job_id, NEVER_DUE)
+        return due if now < due and job_id in self._known else None
 
     def stop_waiting(self) -> None:
         """From now on no refresh waits for Cerby: a scrape in flight answers with what is
@@ -264,9 +266,10 @@ class JobCache:
         round_id = self._round + 1
         now = self._clock()
         for job_id in ids:
-            if self._is_fresh(job_id, now):
+            due = self._fresh_until(job_id, now)
+            if due is not None:
                 counts["hit"] += 1
-                until = min(until, self._expiries.get(job_id, NEVER_DUE))
+                until = min(until, due)
                 continue
             known = self._known.get(job_id)
             counts["stale" if known is not None and known.job is not None else "miss"] += 1
@@ -288,7 +291,8 @@ class JobCache:
 
     def fetch_soon(self, job_id: str) -> None:
         """Start fetching a job now, without waiting for it: for a job just heard of."""
-        if self._is_fresh(job_id, self._clock()) or job_id in self._inflight or self._closed:
+        fresh = self._fresh_until(job_id, self._clock()) is not None
+        if fresh or job_id in self._inflight or self._closed:
             return
         if self._gate.closed():
             return
